@@ -1,0 +1,3 @@
+from prunequant_cli.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""Frozen option sets, validated once when they are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunequant_cli.errors import UsageError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """What to do to the weights.
+
+    Attributes:
+        threshold: Row-importance pruning. For each weight tensor, the share R_i of
+            output row i in the tensor's total L1 magnitude (the shares sum to 1, so
+            their mean is 1/rows); rows with R_i < threshold are zeroed.
+        sparsity: Magnitude pruning instead: zero this fraction (0 <= S < 1) of the
+            smallest-magnitude weights of each tensor.
+        bits: Width of the symmetric per-output-channel integer codes (2..8), or
+            None to keep float weights (pruning only).
+        exclude: Name globs of weights to leave untouched.
+    """
+
+    threshold: float | None = None
+    sparsity: float | None = None
+    bits: int | None = 8
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and self.sparsity is not None:
+            raise UsageError("--threshold and --sparsity are alternatives: give one of them")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UsageError(f"--threshold must be within [0, 1], got {self.threshold}")
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be within [0, 1), got {self.sparsity}")
+        if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS:
+            raise UsageError(f"--bits must be within {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+
+    @property
+    def prune_method(self) -> str | None:
+        if self.threshold is not None:
+            return "row_importance"
+        if self.sparsity is not None:
+            return "magnitude"
+        return None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to compare the original and the compressed model in onnxruntime.
+
+    Attributes:
+        enabled: Run the comparison at all.
+        data: An ``.npz`` of inputs keyed by input name (optional ``labels``);
+            None for seeded synthetic inputs.
+        samples: Use at most this many samples of the data.
+        synthetic_samples: How many synthetic samples to draw without data.
+        batch_size: Samples per run when the model's batch dimension is free.
+        seed: Seed of the synthetic inputs.
+        latency_runs: Timed runs per model (after warm-up) for the latency median.
+        threads: onnxruntime intra-op threads, the same for both models.
+    """
+
+    enabled: bool = True
+    data: Path | None = None
+    samples: int | None = None
+    synthetic_samples: int = 16
+    batch_size: int = 64
+    seed: int = 0
+    latency_runs: int = 20
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise UsageError(f"--samples must be at least 1, got {self.samples}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.latency_runs < 1:
+            raise UsageError(f"latency runs must be at least 1, got {self.latency_runs}")
+        if self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")

@@ -1,0 +1,266 @@
+"""Run the original and the compressed model in onnxruntime on the same inputs.
+
+Metrics are computed in float64 over every output: cosine similarity, max and mean
+absolute error, top-1 agreement for classifier-like outputs ([batch, classes]),
+accuracy against labels when the data has them, and NaN/Inf counts in the
+compressed outputs. Latency is the median of interleaved timed runs of one batch,
+after warm-up, with the same session options and thread count for both models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunequant_cli.config import EvalConfig
+from prunequant_cli.errors import EvaluationError, InputError, UsageError, safe_text
+from prunequant_cli.report import Evaluation, OutputMetrics
+
+WARMUP_RUNS = 3
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: Any
+    shape: tuple[int | None, ...]  # None for a symbolic dimension
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+def open_session(model: str | bytes, threads: int, what: str) -> Any:
+    """An onnxruntime CPU session; any failure is an EvaluationError naming ``what``."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT's exceptions share no useful base class
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvaluationError(
+            f"onnxruntime cannot load the {what} model: {safe_text(msg)}"
+        ) from None
+
+
+def input_specs(session: Any) -> list[InputSpec]:
+    specs = []
+    for i in session.get_inputs():
+        dtype = _ORT_TYPES.get(i.type)
+        if dtype is None:
+            raise EvaluationError(
+                f"input {safe_text(i.name)} has unsupported type {safe_text(i.type)}"
+            )
+        shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in i.shape)
+        specs.append(InputSpec(i.name, dtype, shape))
+    return specs
+
+
+def load_data(
+    path: Path, specs: list[InputSpec], notes: list[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs keyed by name (checked against the model) and optional labels."""
+    from prunequant_cli.model_io import check_readable_file
+
+    check_readable_file(path, "data file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:
+        raise InputError(f"cannot read data file {safe_text(path)}: {safe_text(e)}") from None
+    labels = arrays.pop("labels", None)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in arrays:
+            have = ", ".join(sorted(arrays)) or "nothing"
+            raise UsageError(
+                f"data file has no array for input {safe_text(spec.name)!r}"
+                f" (it has: {safe_text(have)})"
+            )
+        a = arrays[spec.name]
+        if a.dtype != spec.dtype:
+            if a.dtype.kind == spec.dtype().dtype.kind == "f":
+                notes.append(f"input {spec.name}: {a.dtype} data cast to {np.dtype(spec.dtype)}")
+                a = a.astype(spec.dtype)
+            else:
+                want = np.dtype(spec.dtype)
+                raise UsageError(
+                    f"input {safe_text(spec.name)!r} is {want} but the data is {a.dtype}"
+                )
+        if a.ndim != len(spec.shape) or any(
+            d is not None and d != s for d, s in zip(spec.shape[1:], a.shape[1:], strict=False)
+        ):
+            want = "×".join("?" if d is None else str(d) for d in spec.shape)
+            have = "×".join(map(str, a.shape))
+            raise UsageError(
+                f"input {safe_text(spec.name)!r} expects shape {want}, data has {have}"
+            )
+        feeds[spec.name] = a
+    sizes = {a.shape[0] for a in feeds.values() if a.ndim}
+    if len(sizes) > 1:
+        raise UsageError(f"data arrays disagree on the number of samples: {sorted(sizes)}")
+    if labels is not None and sizes and labels.shape[0] != next(iter(sizes)):
+        raise UsageError(f"data has {labels.shape[0]} labels for {next(iter(sizes))} samples")
+    return feeds, labels
+
+
+def synthetic_inputs(specs: list[InputSpec], samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs: the batch dimension holds ``samples`` when free, other free dims are 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = [d if d is not None else 1 for d in spec.shape]
+        if spec.shape and spec.shape[0] is None:
+            shape[0] = samples
+        kind = np.dtype(spec.dtype).kind
+        if kind == "f":
+            a = rng.standard_normal(shape).astype(spec.dtype)
+        elif kind == "b":
+            a = rng.integers(0, 2, shape).astype(np.bool_)
+        else:  # ids, indices: stay in the smallest valid range
+            a = rng.integers(0, 2, shape).astype(spec.dtype)
+        feeds[spec.name] = a
+    return feeds
+
+
+def batches(
+    feeds: dict[str, np.ndarray], specs: list[InputSpec], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Split the samples into runs the model accepts along its batch dimension."""
+    if not feeds or any(not s.shape for s in specs):
+        yield feeds
+        return
+    n = next(iter(feeds.values())).shape[0]
+    fixed = {s.shape[0] for s in specs if s.shape[0] is not None}
+    if len(fixed) > 1:
+        raise UsageError(f"the model's inputs disagree on the batch size: {sorted(fixed)}")
+    step = fixed.pop() if fixed else batch_size
+    if step != batch_size and n % step:
+        raise UsageError(
+            f"{n} samples cannot be split into batches of the model's fixed size {step}"
+        )
+    for start in range(0, n, step):
+        yield {k: v[start : start + step] for k, v in feeds.items()}
+
+
+def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    try:
+        return session.run(None, feed)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvaluationError(
+            f"onnxruntime failed running the {what} model: {safe_text(msg)}"
+        ) from None
+
+
+def _metrics(name: str, a: list[np.ndarray], b: list[np.ndarray]) -> OutputMetrics:
+    x = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in a])
+    y = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in b])
+    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
+    top1 = None
+    if all(t.ndim == 2 and t.shape[1] > 1 for t in a) and a[0].dtype.kind == "f":
+        pa = np.concatenate([t.argmax(1) for t in a])
+        pb = np.concatenate([t.argmax(1) for t in b])
+        top1 = float(np.mean(pa == pb)) if pa.size else None
+    if x.size == 0 or a[0].dtype.kind not in "fiub":
+        return OutputMetrics(name, None, None, None, top1, nonfinite)
+    diff = np.abs(x - y)
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx == 0 and ny == 0:
+        cosine = 1.0
+    elif nx == 0 or ny == 0 or not np.isfinite(nx * ny):
+        cosine = 0.0
+    else:
+        cosine = float(np.dot(x, y) / (nx * ny))
+    return OutputMetrics(name, cosine, float(diff.max()), float(diff.mean()), top1, nonfinite)
+
+
+def _latency_ms(sessions: list[Any], feed: dict[str, np.ndarray], runs: int) -> list[float]:
+    for s in sessions:
+        for _ in range(WARMUP_RUNS):
+            s.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):  # interleaved, so drift hits both models alike
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[i].append(time.perf_counter() - t0)
+    return [1000.0 * float(np.median(t)) for t in times]
+
+
+def compare(original: str | bytes, compressed: str | bytes, config: EvalConfig) -> Evaluation:
+    """Run both models on the same inputs and measure how far the compressed one moved."""
+    notes: list[str] = []
+    sess_a = open_session(original, config.threads, "original")
+    sess_b = open_session(compressed, config.threads, "compressed")
+    specs = input_specs(sess_a)
+    if [(s.name, s.dtype) for s in specs] != [(s.name, s.dtype) for s in input_specs(sess_b)]:
+        raise EvaluationError("the two models do not have the same inputs")
+    labels = None
+    if config.data is not None:
+        feeds, labels = load_data(config.data, specs, notes)
+        source = "data"
+    else:
+        feeds = synthetic_inputs(specs, config.synthetic_samples, config.seed)
+        source = "synthetic"
+        notes.append(
+            "no --data given: inputs are seeded random values, so quality is agreement "
+            "with the original model only, not accuracy"
+        )
+    if config.samples is not None:
+        feeds = {k: v[: config.samples] for k, v in feeds.items()}
+        labels = None if labels is None else labels[: config.samples]
+    samples = (
+        next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
+    )
+
+    out_names = [o.name for o in sess_a.get_outputs()]
+    outs_a: list[list[np.ndarray]] = [[] for _ in out_names]
+    outs_b: list[list[np.ndarray]] = [[] for _ in out_names]
+    first_batch = None
+    for feed in batches(feeds, specs, config.batch_size):
+        first_batch = first_batch or feed
+        for i, (ya, yb) in enumerate(
+            zip(_run(sess_a, feed, "original"), _run(sess_b, feed, "compressed"), strict=True)
+        ):
+            outs_a[i].append(np.asarray(ya))
+            outs_b[i].append(np.asarray(yb))
+    metrics = [_metrics(n, a, b) for n, a, b in zip(out_names, outs_a, outs_b, strict=True)]
+
+    ev = Evaluation(source=source, samples=samples, outputs=metrics, notes=notes)
+    if labels is not None:
+        idx = next((i for i, m in enumerate(metrics) if m.top1_agreement is not None), None)
+        if idx is None:
+            notes.append("labels given, but no output looks like class scores: no accuracy")
+        else:
+            pa = np.concatenate([t.argmax(1) for t in outs_a[idx]])
+            pb = np.concatenate([t.argmax(1) for t in outs_b[idx]])
+            ev.label_output = out_names[idx]
+            ev.accuracy_original = float(np.mean(pa == labels))
+            ev.accuracy_compressed = float(np.mean(pb == labels))
+    if first_batch is not None and config.latency_runs:
+        ev.latency_ms_original, ev.latency_ms_compressed = _latency_ms(
+            [sess_a, sess_b], first_batch, config.latency_runs
+        )
+    return ev

@@ -1,0 +1,256 @@
+"""What is inside a model: its interface, ops and every initializer, and how weights are stored."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from rich.console import Console
+from rich.table import Table
+
+from prunequant_cli.encodings import EncodedWeight, describe_encoding, recognize
+from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, fmt_bytes
+from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
+
+
+@dataclass
+class TensorInfo:
+    """One logical tensor: a plain initializer, or a weight stored in encoded form."""
+
+    name: str
+    graph: str
+    shape: tuple[int, ...]
+    dtype: str
+    stored_bytes: int
+    zeros: int
+    is_weight: bool
+    encoding: str
+    bits: int | None = None
+    axis: int | None = None
+    zero_rows: int | None = None
+    parts: tuple[str, ...] = ()
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        n = max(self.elements, 1)
+        return {
+            "name": self.name,
+            "graph": self.graph,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "elements": self.elements,
+            "stored_bytes": self.stored_bytes,
+            "bits_per_weight": 8.0 * self.stored_bytes / n,
+            "sparsity": self.zeros / n,
+            "is_weight": self.is_weight,
+            "encoding": self.encoding,
+            "bits": self.bits,
+            "axis": self.axis,
+            "zero_rows": self.zero_rows,
+            "stored_as": list(self.parts),
+        }
+
+
+@dataclass
+class Inspection:
+    path: str
+    file_bytes: int
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    inputs: list[tuple[str, str, str]]
+    outputs: list[tuple[str, str, str]]
+    ops: dict[str, int]
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    @property
+    def summary(self) -> ModelSummary:
+        float_tensors = [t for t in self.tensors if t.encoding != "other"]
+        return ModelSummary(
+            file_bytes=self.file_bytes,
+            parameters=sum(t.elements for t in float_tensors),
+            nonzero_parameters=sum(t.elements - t.zeros for t in float_tensors),
+            weights=sum(t.is_weight for t in self.tensors),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "command": "inspect",
+            "file_bytes": self.file_bytes,
+            "ir_version": self.ir_version,
+            "opsets": self.opsets,
+            "producer": self.producer,
+            "inputs": [{"name": n, "dtype": t, "shape": s} for n, t, s in self.inputs],
+            "outputs": [{"name": n, "dtype": t, "shape": s} for n, t, s in self.outputs],
+            "ops": self.ops,
+            "totals": {
+                **self.summary.to_dict(),
+                "tensor_bytes": sum(t.stored_bytes for t in self.tensors),
+                "weight_bytes": sum(t.stored_bytes for t in self.tensors if t.is_weight),
+            },
+            "tensors": [t.to_dict() for t in self.tensors],
+            "meta": {"path": self.path},
+        }
+
+
+def _zero_rows(a: np.ndarray, axis: int | None) -> int | None:
+    if axis is None or a.ndim == 0:
+        return None
+    other = tuple(i for i in range(a.ndim) if i != axis % a.ndim)
+    return int(np.count_nonzero(~np.any(a != 0, axis=other)))
+
+
+def _type_str(value: ir.Value) -> tuple[str, str]:
+    dtype = value.dtype.name.lower() if value.dtype is not None else "?"
+    shape = "×".join(str(d) for d in value.shape) if value.shape is not None else "?"
+    return dtype, shape
+
+
+def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection:
+    """Inspect a loaded model; tensor data is read one tensor at a time."""
+    sites, _ = select_weights(model)
+    weight_axis = {s.name: s.axis for s in sites}
+    ops: Counter[str] = Counter()
+    encoded: list[tuple[ir.Graph, EncodedWeight]] = []
+    for graph in model.graphs():
+        for node in graph:
+            ops[
+                node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            ] += 1
+            if node.op_type == "Mul" and node.outputs:
+                found = recognize(node.outputs[0])
+                if found is not None:
+                    encoded.append((graph, found))
+    parts = {v.name for _, e in encoded for v in (e.codes, e.scale)}
+
+    tensors: list[TensorInfo] = []
+    for graph, e in encoded:
+        codes = e.codes.const_value.numpy()  # type: ignore[union-attr]
+        tensors.append(
+            TensorInfo(
+                name=e.name,
+                graph=graph.name or "",
+                shape=e.shape,
+                dtype=(e.scale.dtype.name.lower() if e.scale.dtype else "float"),
+                stored_bytes=e.stored_bytes,
+                zeros=int(codes.size - np.count_nonzero(codes)),
+                is_weight=True,
+                encoding=e.encoding,
+                bits=e.bits,
+                axis=e.axis,
+                zero_rows=_zero_rows(codes, e.axis),
+                parts=(e.codes.name or "", e.scale.name or ""),
+            )
+        )
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None or value.name in parts:
+                continue
+            is_float = tensor.dtype in FLOAT_TYPES
+            data = tensor.numpy() if is_float else None
+            axis = weight_axis.get(value.name or "")
+            tensors.append(
+                TensorInfo(
+                    name=value.name or "",
+                    graph=graph.name or "",
+                    shape=dims(tensor),
+                    dtype=tensor.dtype.name.lower(),
+                    stored_bytes=int(tensor.nbytes),
+                    zeros=0 if data is None else int(data.size - np.count_nonzero(data)),
+                    is_weight=axis is not None,
+                    encoding=tensor.dtype.name.lower() if is_float else "other",
+                    axis=axis,
+                    zero_rows=None if data is None else _zero_rows(data, axis),
+                )
+            )
+    position = {
+        id(node): i for i, node in enumerate(ir.traversal.RecursiveGraphIterator(model.graph))
+    }
+    values = {e.name: e.codes for _, e in encoded}
+    for graph in model.graphs():
+        for node in graph:
+            for out in node.outputs:
+                if out.name in values:
+                    values[out.name] = out
+
+    def first_use(t: TensorInfo) -> int:
+        value = values.get(t.name)
+        if value is None:
+            value = next(
+                (g.initializers[t.name] for g in model.graphs() if t.name in g.initializers), None
+            )
+        uses = [position.get(id(n), len(position)) for n in value.consumers()] if value else []
+        return min(uses, default=len(position))
+
+    tensors.sort(key=first_use)
+    return Inspection(
+        path=str(path),
+        file_bytes=file_bytes,
+        ir_version=model.ir_version,
+        opsets=dict(sorted(model.opset_imports.items())),
+        producer=" ".join(x for x in (model.producer_name, model.producer_version) if x),
+        inputs=[(v.name or "", *_type_str(v)) for v in model.graph.inputs],
+        outputs=[(v.name or "", *_type_str(v)) for v in model.graph.outputs],
+        ops=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        tensors=tensors,
+    )
+
+
+def render_inspection(info: Inspection, console: Console) -> None:
+    opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info.opsets.items())
+    size = fmt_bytes(info.file_bytes)
+    console.print(f"[bold]{info.path}[/]  {size}  IR {info.ir_version}  opsets: {opsets}")
+    if info.producer:
+        console.print(f"producer: {info.producer}")
+    io = Table(title="inputs and outputs", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, entries in (("input", info.inputs), ("output", info.outputs)):
+        for name, dtype, shape in entries:
+            io.add_row(kind, name, dtype, shape)
+    console.print(io)
+    console.print("ops: " + ", ".join(f"{op} ×{n}" for op, n in info.ops.items()))
+    table = Table(title="tensors", title_justify="left")
+    for col, just in (
+        ("name", "left"),
+        ("shape", "left"),
+        ("weight", "left"),
+        ("stored as", "left"),
+        ("bits/weight", "right"),
+        ("bytes", "right"),
+        ("sparsity", "right"),
+        ("zero rows", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for t in info.tensors:
+        d = t.to_dict()
+        enc = describe_encoding(t.encoding, t.bits)
+        rows = "" if t.zero_rows is None or t.axis is None else f"{t.zero_rows}/{t.shape[t.axis]}"
+        table.add_row(
+            t.name,
+            "×".join(map(str, t.shape)) or "scalar",
+            "yes" if t.is_weight else "",
+            enc,
+            f"{d['bits_per_weight']:.2f}",
+            fmt_bytes(t.stored_bytes),
+            f"{100 * d['sparsity']:.1f}%" if t.encoding != "other" else "",
+            rows,
+        )
+    console.print(table)
+    s = info.summary
+    weight_bytes = sum(t.stored_bytes for t in info.tensors if t.is_weight)
+    console.print(
+        f"totals: {s.parameters:,} parameters ({s.nonzero_parameters:,} non-zero), "
+        f"{s.weights} weight tensors in {fmt_bytes(weight_bytes)}, "
+        f"{fmt_bytes(sum(t.stored_bytes for t in info.tensors))} of tensor data"
+    )

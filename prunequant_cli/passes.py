@@ -1,0 +1,131 @@
+"""The prune and quantize passes: thin onnx_ir passes over the selected weights.
+
+Both passes work on one weight at a time. The prune pass does not keep a pruned
+copy of each weight: it replaces the weight by a lazy tensor that applies the
+pruning rule to the original when read, so the quantize pass (or the writer)
+materialises one pruned weight at a time and memory follows the largest tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from prunequant_cli import pruning, quantization
+from prunequant_cli.config import CompressConfig
+from prunequant_cli.encodings import DEFAULT_ENCODING, Int8CastMul, NameAuthority
+from prunequant_cli.report import TensorRecord
+from prunequant_cli.selection import WeightSite, dims
+
+
+def _zeros(a: np.ndarray) -> int:
+    return int(a.size - np.count_nonzero(a))
+
+
+class PrunePass(ir.passes.InPlacePass):
+    """Zero rows by importance share (``threshold``) or weights by magnitude (``sparsity``)."""
+
+    def __init__(
+        self, sites: Sequence[WeightSite], config: CompressConfig, records: dict[str, TensorRecord]
+    ) -> None:
+        super().__init__()
+        self.sites = sites
+        self.config = config
+        self.records = records
+
+    def _rule(
+        self, w: np.ndarray, site: WeightSite
+    ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+        """The pruning function for this weight, and how many rows it zeroes."""
+        if self.config.threshold is not None:
+            rows = pruning.rows_below_threshold(w, site.axis, self.config.threshold)
+            mask = pruning.row_mask_broadcast(rows, w.ndim, site.axis)
+            return (lambda a: pruning.apply_zero_mask(a, mask)), int(rows.sum())
+        assert self.config.sparsity is not None
+        cut = pruning.magnitude_cut(w, self.config.sparsity)
+        return (lambda a: pruning.apply_zero_mask(a, cut.mask(a))), 0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.config.prune_method is None:
+            return ir.passes.PassResult(model, modified=False)
+        modified = False
+        for site in self.sites:
+            source = site.value.const_value
+            assert source is not None
+            record = self.records[site.name]
+            w = source.numpy()
+            if not np.isfinite(w).all():
+                record.note = "non-finite values: not pruned"
+                continue
+            rule, rows_zeroed = self._rule(w, site)
+            pruned = rule(w)
+            record.rows_pruned = rows_zeroed
+            record.zeros_after_prune = _zeros(pruned)
+            record.prune_method = self.config.prune_method
+            record.zeros_after = record.zeros_after_prune
+            if record.zeros_after_prune == record.zeros_before:
+                continue  # nothing new became zero: keep the original bytes
+            del pruned, w
+
+            def materialize(
+                source: ir.TensorProtocol = source, rule: Callable = rule, name: str = site.name
+            ) -> ir.Tensor:
+                return ir.Tensor(rule(source.numpy()), name=name)
+
+            site.value.const_value = ir.LazyTensor(
+                materialize, dtype=source.dtype, shape=ir.Shape(dims(source)), name=site.name
+            )
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+
+class QuantizePass(ir.passes.InPlacePass):
+    """Symmetric per-output-channel integer codes, written with an encoding."""
+
+    def __init__(
+        self,
+        sites: Sequence[WeightSite],
+        config: CompressConfig,
+        records: dict[str, TensorRecord],
+        encoding: Int8CastMul = DEFAULT_ENCODING,
+    ) -> None:
+        super().__init__()
+        self.sites = sites
+        self.config = config
+        self.records = records
+        self.encoding = encoding
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        bits = self.config.bits
+        if bits is None:
+            return ir.passes.PassResult(model, modified=False)
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        names = NameAuthority(model)
+        modified = False
+        for site in self.sites:
+            record = self.records[site.name]
+            if opset < self.encoding.min_opset:
+                record.note = f"opset {opset} < {self.encoding.min_opset}: not quantized"
+                continue
+            tensor = site.value.const_value
+            assert tensor is not None
+            w = tensor.numpy()
+            if not np.isfinite(w).all():
+                record.note = "non-finite values: not quantized"
+                continue
+            scale = quantization.per_channel_scale(w, site.axis, bits)
+            codes = quantization.quantize(w, scale, bits)
+            error = np.abs(quantization.dequantize(codes, scale) - w)
+            record.max_abs_error = float(error.max()) if error.size else 0.0
+            del error, w
+            encoded = self.encoding.encode(
+                site.graph, site.value, codes, scale, bits, site.axis, names
+            )
+            record.zeros_after = _zeros(codes)
+            record.bits = bits
+            record.encoding = encoded.encoding
+            record.stored_bytes = encoded.stored_bytes
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)

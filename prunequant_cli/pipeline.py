@@ -1,0 +1,182 @@
+"""The compress pipeline and inspect, callable from Python; the CLI is a thin layer over them.
+
+load → select weights → prune pass → quantize pass → encode → save → evaluate both → report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from prunequant_cli.config import CompressConfig, EvalConfig
+from prunequant_cli.inspection import Inspection, inspect_ir
+from prunequant_cli.model_io import (
+    check_output_target,
+    external_files,
+    file_bytes,
+    load_model,
+    needs_external_data,
+    save_model,
+)
+from prunequant_cli.passes import PrunePass, QuantizePass
+from prunequant_cli.report import CompressReport, Evaluation, ModelSummary, TensorRecord
+from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
+
+ModelInput = str | Path | onnx.ModelProto | ir.Model
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    from prunequant_cli import __version__
+
+    return {
+        "prunequant": __version__,
+        "onnx": onnx.__version__,
+        "onnx_ir": ir.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _float_summary(model: ir.Model, size: int) -> tuple[ModelSummary, dict[str, int]]:
+    """Parameters and non-zeros of all float initializers, and each one's zero count."""
+    zeros: dict[str, int] = {}
+    params = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            t = value.const_value
+            if t is None or t.dtype not in FLOAT_TYPES:
+                continue
+            a = t.numpy()
+            params += a.size
+            zeros[value.name or ""] = int(a.size - np.count_nonzero(a))
+    return ModelSummary(size, params, params - sum(zeros.values()), 0), zeros
+
+
+def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None]:
+    if isinstance(model, (str, Path)):
+        return load_model(Path(model)), Path(model)
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model)  # work on a copy, never on the caller's model
+    return ir.serde.deserialize_model(model), None
+
+
+def compress(
+    model: ModelInput,
+    output: str | Path,
+    config: CompressConfig | None = None,
+    evaluation: EvalConfig | None = None,
+) -> CompressReport:
+    """Prune and quantize the weights of ``model``, write ``output``, and compare the two.
+
+    Args:
+        model: A path to an ONNX file, or an in-memory ``onnx.ModelProto`` or
+            ``onnx_ir.Model`` (not modified).
+        output: Where to write the compressed model (atomically; with external data
+            in ``<output>.data`` when the input had external data or is too big to embed).
+        config: What to do to the weights; the default quantizes to 8 bits, no pruning.
+        evaluation: How to compare the models in onnxruntime; ``EvalConfig(enabled=False)``
+            skips the comparison.
+
+    Returns:
+        The report: sizes, per-tensor changes and, when evaluated, the metrics.
+
+    Raises:
+        PrunequantError: for any problem with the inputs, the model or the output,
+            with the exit code the CLI uses for it.
+    """
+    config = config or CompressConfig()
+    evaluation = evaluation or EvalConfig()
+    started = time.perf_counter()
+    out = Path(output)
+    ir_model, in_path = _load_input(model)
+    in_external = external_files(ir_model)
+    check_output_target(in_path, out, in_external)
+
+    if in_path is not None:
+        in_bytes = file_bytes(in_path, ir_model)
+        original_source: str | bytes = str(in_path)
+    else:
+        original_source = ir.serde.serialize_model(ir_model).SerializeToString()
+        in_bytes = len(original_source)
+    original, zeros = _float_summary(ir_model, in_bytes)
+
+    sites, skipped = select_weights(ir_model, config.exclude)
+    original.weights = len(sites)
+    records = {
+        s.name: TensorRecord(
+            name=s.name,
+            graph=s.graph.name or "",
+            op_types=s.op_types,
+            shape=dims(s.value.const_value),  # type: ignore[arg-type]
+            axis=s.axis,
+            dtype=s.value.const_value.dtype.name.lower(),  # type: ignore[union-attr]
+            float_bytes=int(s.value.const_value.nbytes),  # type: ignore[union-attr]
+            zeros_before=zeros.get(s.name, 0),
+        )
+        for s in sites
+    }
+    ir.passes.PassManager(
+        [PrunePass(sites, config, records), QuantizePass(sites, config, records)]
+    )(ir_model)
+
+    written = save_model(ir_model, out, needs_external_data(ir_model, bool(in_external)))
+    new_zeros = sum(
+        (r.zeros_after if r.zeros_after is not None else r.zeros_before) - r.zeros_before
+        for r in records.values()
+    )
+    compressed = ModelSummary(
+        file_bytes=sum(p.stat().st_size for p in written),
+        parameters=original.parameters,
+        nonzero_parameters=original.nonzero_parameters - new_zeros,
+        weights=len(sites),
+    )
+    compressed_at = time.perf_counter()
+    ev = None
+    if evaluation.enabled:
+        ev = _compare(original_source, out, evaluation)
+    meta = {
+        "input_path": str(in_path) if in_path is not None else None,
+        "output_path": str(out),
+        "output_files": [str(p) for p in written],
+        "versions": _versions(),
+        "compress_seconds": compressed_at - started,
+        "evaluate_seconds": time.perf_counter() - compressed_at,
+    }
+    return CompressReport(
+        original=original,
+        compressed=compressed,
+        settings={
+            "threshold": config.threshold,
+            "sparsity": config.sparsity,
+            "prune_method": config.prune_method,
+            "bits": config.bits,
+            "granularity": "per_channel",
+            "exclude": list(config.exclude),
+        },
+        tensors=list(records.values()),
+        skipped=[(s.name, s.reason) for s in skipped],
+        evaluation=ev,
+        meta=meta,
+    )
+
+
+def _compare(original: str | bytes, out: Path, config: EvalConfig) -> Evaluation:
+    from prunequant_cli.evaluate import compare  # imports onnxruntime: only when evaluating
+
+    return compare(original, str(out), config)
+
+
+def inspect_model(path: str | Path) -> Inspection:
+    """What is inside an ONNX file: interface, ops, every tensor and how weights are stored."""
+    p = Path(path)
+    model = load_model(p)
+    return inspect_ir(model, p, file_bytes(p, model))
+
+
+__all__ = ["compress", "inspect_model"]

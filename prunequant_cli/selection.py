@@ -1,0 +1,126 @@
+"""Which initializers are weights, and which of their axes is the output row.
+
+A weight is a float initializer whose every use is a weight slot of a known op:
+
+| op            | input | output-row axis                              |
+| ------------- | ----- | -------------------------------------------- |
+| Conv          | 1     | 0 (output channels)                          |
+| ConvTranspose | 1     | 1 (output channels per group)                |
+| Gemm          | 1     | 0 with transB=1, else 1                      |
+| MatMul        | 1     | last (columns of B are output neurons)       |
+| Gather        | 0     | 0 (an embedding table: one row per token), axis=0 only |
+
+Uses are followed into If/Loop/Scan subgraphs. An initializer that is also a graph
+input or output, is not float, or has any other use (a Reshape shape, an Add
+operand...) is left alone, and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import onnx_ir as ir
+from onnx_ir._core import Usage
+
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE})
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def dims(tensor: ir.TensorProtocol) -> tuple[int, ...]:
+    """The concrete shape of a constant tensor."""
+    return tuple(int(d) for d in tensor.shape.numpy())
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """An initializer chosen for compression."""
+
+    value: ir.Value
+    graph: ir.Graph
+    axis: int
+    op_types: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.value.name or ""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A float initializer left untouched, and why."""
+
+    name: str
+    reason: str
+
+
+def _weight_axis(use: Usage, rank: int) -> int | None:
+    """Output-row axis of the weight at this use, or None if it is not a weight slot."""
+    node, idx = use.node, use.idx
+    if node.domain not in _STANDARD_DOMAINS:
+        return None
+    op = node.op_type
+    if op == "Conv" and idx == 1 and rank >= 3:
+        return 0
+    if op == "ConvTranspose" and idx == 1 and rank >= 3:
+        return 1
+    if op == "Gemm" and idx == 1 and rank == 2:
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if op == "MatMul" and idx == 1 and rank >= 2:
+        return rank - 1
+    if op == "Gather" and idx == 0 and rank == 2 and node.attributes.get_int("axis", 0) == 0:
+        return 0
+    return None
+
+
+def _classify(value: ir.Value, graph: ir.Graph) -> tuple[int, tuple[str, ...]] | str:
+    """(axis, consumer ops) for a weight, or the reason it is not one."""
+    tensor = value.const_value
+    if tensor is None:
+        return "no constant value"
+    if tensor.dtype not in FLOAT_TYPES:
+        return f"not a float tensor ({tensor.dtype.name.lower()})"
+    if value.is_graph_input():
+        return "also a graph input (can be overridden at run time)"
+    if value.is_graph_output():
+        return "also a graph output"
+    uses = list(value.uses())
+    if not uses:
+        return "unused"
+    rank = len(tensor.shape)
+    axes = set()
+    ops = []
+    for use in uses:
+        axis = _weight_axis(use, rank)
+        if axis is None:
+            return f"used as input {use.idx} of {use.node.op_type}, not as a weight"
+        axes.add(axis)
+        ops.append(use.node.op_type)
+    if len(axes) > 1:
+        return "shared by ops that read its rows along different axes"
+    return axes.pop(), tuple(sorted(set(ops)))
+
+
+def select_weights(
+    model: ir.Model, exclude: Iterable[str] = ()
+) -> tuple[list[WeightSite], list[Skipped]]:
+    """The weights to compress, in graph order, and the float initializers skipped."""
+    patterns = tuple(exclude)
+    sites: list[WeightSite] = []
+    skipped: list[Skipped] = []
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            name = value.name or ""
+            tensor = value.const_value
+            if tensor is None or tensor.dtype not in FLOAT_TYPES:
+                continue  # integer/shape/index tensors are not weights: not even reported
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                skipped.append(Skipped(name, "excluded by --exclude"))
+                continue
+            found = _classify(value, graph)
+            if isinstance(found, str):
+                skipped.append(Skipped(name, found))
+            else:
+                sites.append(WeightSite(value, graph, found[0], found[1]))
+    return sites, skipped
