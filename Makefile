@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	mkdir -p build
 	$(BIN)/prunequant compress sample_models/digits_cnn.onnx build/digits_cnn.compressed.onnx \
 		--threshold 0.02 --bits 8 --data sample_models/digits_cnn.npz
 	$(BIN)/prunequant inspect build/digits_cnn.compressed.onnx

@@ -209,58 +209,77 @@ def _latency_ms(sessions: list[Any], feed: dict[str, np.ndarray], runs: int) -> 
     return [1000.0 * float(np.median(t)) for t in times]
 
 
+class Comparison:
+    """A comparison prepared against the original model, then run on a compressed one.
+
+    Preparing opens the original in onnxruntime and loads and checks the data, so
+    a bad data file or an original that onnxruntime cannot run fails before any
+    output is written.
+    """
+
+    def __init__(self, original: str | bytes, config: EvalConfig) -> None:
+        self.config = config
+        self.notes: list[str] = []
+        self.session = open_session(original, config.threads, "original")
+        self.specs = input_specs(self.session)
+        self.labels: np.ndarray | None = None
+        if config.data is not None:
+            self.feeds, self.labels = load_data(config.data, self.specs, self.notes)
+            self.source = "data"
+        else:
+            self.feeds = synthetic_inputs(self.specs, config.synthetic_samples, config.seed)
+            self.source = "synthetic"
+            self.notes.append(
+                "no --data given: inputs are seeded random values, so quality is agreement "
+                "with the original model only, not accuracy"
+            )
+        if config.samples is not None:
+            self.feeds = {k: v[: config.samples] for k, v in self.feeds.items()}
+            if self.labels is not None:
+                self.labels = self.labels[: config.samples]
+        self.batches = list(batches(self.feeds, self.specs, config.batch_size))
+
+    def run(self, compressed: str | bytes) -> Evaluation:
+        """Run both models on the same inputs and measure how far the compressed one moved."""
+        config, sess_a = self.config, self.session
+        sess_b = open_session(compressed, config.threads, "compressed")
+        if [(s.name, s.dtype) for s in self.specs] != [
+            (s.name, s.dtype) for s in input_specs(sess_b)
+        ]:
+            raise EvaluationError("the two models do not have the same inputs")
+        first = next(iter(self.feeds.values()), None)
+        samples = first.shape[0] if first is not None and first.ndim else 1
+
+        out_names = [o.name for o in sess_a.get_outputs()]
+        outs_a: list[list[np.ndarray]] = [[] for _ in out_names]
+        outs_b: list[list[np.ndarray]] = [[] for _ in out_names]
+        for feed in self.batches:
+            pairs = zip(
+                _run(sess_a, feed, "original"), _run(sess_b, feed, "compressed"), strict=True
+            )
+            for i, (ya, yb) in enumerate(pairs):
+                outs_a[i].append(np.asarray(ya))
+                outs_b[i].append(np.asarray(yb))
+        metrics = [_metrics(n, a, b) for n, a, b in zip(out_names, outs_a, outs_b, strict=True)]
+
+        ev = Evaluation(source=self.source, samples=samples, outputs=metrics, notes=self.notes)
+        if self.labels is not None:
+            idx = next((i for i, m in enumerate(metrics) if m.top1_agreement is not None), None)
+            if idx is None:
+                ev.notes.append("labels given, but no output looks like class scores: no accuracy")
+            else:
+                pa = np.concatenate([t.argmax(1) for t in outs_a[idx]])
+                pb = np.concatenate([t.argmax(1) for t in outs_b[idx]])
+                ev.label_output = out_names[idx]
+                ev.accuracy_original = float(np.mean(pa == self.labels))
+                ev.accuracy_compressed = float(np.mean(pb == self.labels))
+        if self.batches and config.latency_runs:
+            ev.latency_ms_original, ev.latency_ms_compressed = _latency_ms(
+                [sess_a, sess_b], self.batches[0], config.latency_runs
+            )
+        return ev
+
+
 def compare(original: str | bytes, compressed: str | bytes, config: EvalConfig) -> Evaluation:
     """Run both models on the same inputs and measure how far the compressed one moved."""
-    notes: list[str] = []
-    sess_a = open_session(original, config.threads, "original")
-    sess_b = open_session(compressed, config.threads, "compressed")
-    specs = input_specs(sess_a)
-    if [(s.name, s.dtype) for s in specs] != [(s.name, s.dtype) for s in input_specs(sess_b)]:
-        raise EvaluationError("the two models do not have the same inputs")
-    labels = None
-    if config.data is not None:
-        feeds, labels = load_data(config.data, specs, notes)
-        source = "data"
-    else:
-        feeds = synthetic_inputs(specs, config.synthetic_samples, config.seed)
-        source = "synthetic"
-        notes.append(
-            "no --data given: inputs are seeded random values, so quality is agreement "
-            "with the original model only, not accuracy"
-        )
-    if config.samples is not None:
-        feeds = {k: v[: config.samples] for k, v in feeds.items()}
-        labels = None if labels is None else labels[: config.samples]
-    samples = (
-        next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
-    )
-
-    out_names = [o.name for o in sess_a.get_outputs()]
-    outs_a: list[list[np.ndarray]] = [[] for _ in out_names]
-    outs_b: list[list[np.ndarray]] = [[] for _ in out_names]
-    first_batch = None
-    for feed in batches(feeds, specs, config.batch_size):
-        first_batch = first_batch or feed
-        for i, (ya, yb) in enumerate(
-            zip(_run(sess_a, feed, "original"), _run(sess_b, feed, "compressed"), strict=True)
-        ):
-            outs_a[i].append(np.asarray(ya))
-            outs_b[i].append(np.asarray(yb))
-    metrics = [_metrics(n, a, b) for n, a, b in zip(out_names, outs_a, outs_b, strict=True)]
-
-    ev = Evaluation(source=source, samples=samples, outputs=metrics, notes=notes)
-    if labels is not None:
-        idx = next((i for i, m in enumerate(metrics) if m.top1_agreement is not None), None)
-        if idx is None:
-            notes.append("labels given, but no output looks like class scores: no accuracy")
-        else:
-            pa = np.concatenate([t.argmax(1) for t in outs_a[idx]])
-            pb = np.concatenate([t.argmax(1) for t in outs_b[idx]])
-            ev.label_output = out_names[idx]
-            ev.accuracy_original = float(np.mean(pa == labels))
-            ev.accuracy_compressed = float(np.mean(pb == labels))
-    if first_batch is not None and config.latency_runs:
-        ev.latency_ms_original, ev.latency_ms_compressed = _latency_ms(
-            [sess_a, sess_b], first_batch, config.latency_runs
-        )
-    return ev
+    return Comparison(original, config).run(compressed)

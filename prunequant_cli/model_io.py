@@ -13,12 +13,17 @@ a symlink planted at the destination is replaced, not followed.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -29,6 +34,7 @@ from prunequant_cli.errors import (
     OutputError,
     safe_text,
 )
+from prunequant_cli.selection import dims
 
 # Above this many bytes of tensor data, the protobuf file format cannot hold the model.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -49,30 +55,242 @@ def check_readable_file(path: Path, what: str = "model") -> None:
         raise InputError(f"cannot read {what} {safe_text(path)}: permission denied")
 
 
-def load_model(path: Path) -> ir.Model:
-    """Check and load an ONNX model file (external data stays memory-mapped)."""
+# Initializers whose raw data is at least this big are not parsed into memory at
+# load: they are read from the file, one at a time, when a pass asks for them.
+LAZY_MIN_BYTES = 1 << 16
+
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+
+class _WireError(ValueError):
+    pass
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _WireError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """Protobuf wire-format fields: (number, wire type, field start, value start, value end)."""
+    pos = start
+    while pos < end:
+        field_start = pos
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+            value_start = pos
+        elif wire == 1:
+            value_start, pos = pos, pos + 8
+        elif wire == 2:
+            length, value_start = _varint(buf, pos, end)
+            pos = value_start + length
+        elif wire == 5:
+            value_start, pos = pos, pos + 4
+        else:
+            raise _WireError(f"unsupported wire type {wire}")
+        if pos > end or number == 0:
+            raise _WireError("field runs past its message")
+        yield number, wire, field_start, value_start, pos
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _skeleton(buf: Any, location: str) -> bytes:
+    """The model's bytes with large main-graph raw data replaced by references into the file.
+
+    Each large initializer becomes an external-data tensor whose location is the
+    model file itself, at the offset of its raw data: parsing the skeleton costs
+    memory for the graph only, not for the weights.
+    """
+    out = bytearray()
+    for number, wire, fstart, vstart, vend in _fields(buf, 0, len(buf)):
+        if number != _MODEL_GRAPH or wire != 2:
+            out += buf[fstart:vend]
+            continue
+        graph = bytearray()
+        for gnum, gwire, gfs, gvs, gve in _fields(buf, vstart, vend):
+            raw = None
+            if gnum == _GRAPH_INITIALIZER and gwire == 2 and gve - gvs >= LAZY_MIN_BYTES:
+                raw = next(
+                    (f for f in _fields(buf, gvs, gve) if f[0] == _TENSOR_RAW_DATA and f[1] == 2),
+                    None,
+                )
+            if raw is None or raw[4] - raw[3] < LAZY_MIN_BYTES:
+                graph += buf[gfs:gve]
+                continue
+            rest = bytes(buf[gvs : raw[2]]) + bytes(buf[raw[4] : gve])
+            tensor = onnx.TensorProto.FromString(rest)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (
+                ("location", location),
+                ("offset", str(raw[3])),
+                ("length", str(raw[4] - raw[3])),
+            ):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            graph += _length_delimited(_GRAPH_INITIALIZER, tensor.SerializeToString())
+        out += _length_delimited(_MODEL_GRAPH, bytes(graph))
+    return bytes(out)
+
+
+def _graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_protos(attr.g)
+            for g in attr.graphs:
+                yield from _graph_protos(g)
+
+
+def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for the checker, with external tensors emptied.
+
+    Without the model's path, the checker would look for external data relative to
+    the working directory; the reader checks external data itself (``_contained``).
+    """
+    check = onnx.ModelProto()
+    check.CopyFrom(proto)
+    for graph in _graph_protos(check.graph):
+        for t in graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+                del t.dims[:]
+                t.dims.append(0)
+                t.raw_data = b""
+    return check
+
+
+def _contained(base: Path, location: str) -> Path:
+    """The external data file ``location`` names, refused unless it is safely inside ``base``."""
+    rel = Path(location)
+    if not location or "\x00" in location or rel.is_absolute() or ".." in rel.parts:
+        raise InvalidModelError(
+            f"external data location is not inside the model folder: {safe_text(location)}"
+        )
+    path = base / rel
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InputError(f"external data file not found: {safe_text(path)}") from None
+    if path.is_symlink() or not resolved.is_relative_to(base.resolve()) or not resolved.is_file():
+        raise InvalidModelError(
+            f"external data file escapes the model folder: {safe_text(location)}"
+        )
+    return resolved
+
+
+def _range_tensor(tensor: ir.ExternalTensor, path: Path) -> ir.TensorProtocol:
+    """A lazy tensor that reads its bytes from ``path`` each time it is asked (no cache)."""
+    dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
+    shape = dims(tensor)
+    offset = tensor.offset or 0
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    length = tensor.length if tensor.length is not None else need
+    if length != need:
+        raise InvalidModelError(
+            f"tensor {safe_text(tensor.name)} holds {length} bytes, its shape needs {need}"
+        )
+    if offset < 0 or offset + length > path.stat().st_size:
+        raise InvalidModelError(
+            f"tensor {safe_text(tensor.name)} points past the end of its data file"
+        )
+
+    def read() -> ir.Tensor:
+        array = np.empty(shape, dtype=dtype)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if f.readinto(array.data.cast("B")) != length:
+                raise InputError(f"data of tensor {safe_text(tensor.name)} was cut short")
+        return ir.Tensor(array, name=tensor.name)
+
+    return ir.LazyTensor(read, dtype=tensor.dtype, shape=ir.Shape(shape), name=tensor.name)
+
+
+@dataclass
+class LoadedModel:
+    """A model read from disk, and the files its tensors are read from."""
+
+    model: ir.Model
+    path: Path
+    external: set[Path] = field(default_factory=set)
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes on disk: the model file plus its external data files."""
+        return self.path.stat().st_size + sum(f.stat().st_size for f in self.external)
+
+
+def load_model(path: Path) -> LoadedModel:
+    """Check and load an ONNX model file.
+
+    Large tensors, embedded or external, are not read at load: each is read from
+    its file when a pass asks for it, so memory follows the largest tensor plus the
+    graph. External data must be a regular file inside the model's folder.
+    """
     check_readable_file(path)
     if path.stat().st_size == 0:
         raise InvalidModelError(f"not an ONNX model: {safe_text(path)} is empty")
     try:
-        # The C++ checker parses the file itself, validates the graph and refuses
-        # external data that points outside the model's folder.
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as e:
-        first = safe_text(str(e).strip().splitlines()[0] if str(e).strip() else "invalid")
-        if "Unable to parse proto" in first:
-            raise InvalidModelError(f"not an ONNX model: {safe_text(path)}") from None
-        raise InvalidModelError(f"invalid ONNX model {safe_text(path)}: {first}") from None
-    try:
-        return ir.load(path)
-    except DecodeError:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            proto = onnx.ModelProto.FromString(_skeleton(buf, path.name))
+    except (_WireError, DecodeError):
         raise InvalidModelError(f"not an ONNX model: {safe_text(path)}") from None
     except OSError as e:
         raise InputError(f"cannot read {safe_text(path)}: {e.strerror}") from None
+    try:
+        onnx.checker.check_model(_checkable(proto))
+    except (onnx.checker.ValidationError, ValueError) as e:
+        text = str(e).strip()
+        first = safe_text(text.splitlines()[0] if text else "invalid")
+        raise InvalidModelError(f"invalid ONNX model {safe_text(path)}: {first}") from None
+    model = ir.serde.deserialize_model(proto)
+    del proto
+    loaded = LoadedModel(model, path)
+    base = path.parent
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if not isinstance(tensor, ir.ExternalTensor):
+                continue
+            data = _contained(base, str(tensor.location))
+            if data != path.resolve():
+                loaded.external.add(data)
+            try:
+                tensor.dtype.numpy()
+            except (TypeError, ValueError):
+                tensor.base_dir = str(base)  # exotic dtypes: onnx_ir's own mmap reader
+                continue
+            value.const_value = _range_tensor(tensor, data)
+    return loaded
 
 
 def external_files(model: ir.Model) -> set[Path]:
-    """The external data files that the model's initializers read from."""
+    """The external data files that an in-memory model's initializers read from."""
     files: set[Path] = set()
     for graph in model.graphs():
         for value in graph.initializers.values():
@@ -80,14 +298,6 @@ def external_files(model: ir.Model) -> set[Path]:
             if isinstance(tensor, ir.ExternalTensor):
                 files.add(Path(tensor.path).resolve())
     return files
-
-
-def file_bytes(path: Path, model: ir.Model | None = None) -> int:
-    """Bytes on disk of a model file plus the external data files it reads."""
-    total = path.stat().st_size
-    if model is not None:
-        total += sum(f.stat().st_size for f in external_files(model) if f.exists())
-    return total
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -125,6 +335,74 @@ def check_output_target(input_path: Path | None, output: Path, input_data: set[P
                 )
 
 
+def _save_embedded(model: ir.Model, path: Path) -> None:
+    """Write a single-file model without building it in memory.
+
+    ``ir.save`` would first build the whole protobuf and then its serialized copy
+    (twice the output's size). Instead the large tensors go to a scratch data file,
+    and the final file is assembled from the small skeleton, streaming each
+    tensor's bytes in as its ``raw_data``.
+    """
+    scratch_name = path.name + ".scratch"
+    scratch = path.parent / scratch_name
+    skeleton_path = path.parent / (path.name + ".skeleton")
+    ir.save(model, skeleton_path, external_data=scratch_name, size_threshold_bytes=LAZY_MIN_BYTES)
+    buf = skeleton_path.read_bytes()
+    pieces: list[bytes | tuple[int, int]] = []  # bytes, or (offset, length) in the scratch file
+
+    def size(items: list[bytes | tuple[int, int]]) -> int:
+        return sum(len(i) if isinstance(i, bytes) else i[1] for i in items)
+
+    for number, wire, fstart, vstart, vend in _fields(buf, 0, len(buf)):
+        if number != _MODEL_GRAPH or wire != 2:
+            pieces.append(buf[fstart:vend])
+            continue
+        graph: list[bytes | tuple[int, int]] = []
+        for gnum, gwire, gfs, gvs, gve in _fields(buf, vstart, vend):
+            tensor = None
+            if gnum == _GRAPH_INITIALIZER and gwire == 2:
+                tensor = onnx.TensorProto.FromString(buf[gvs:gve])
+            entries = {e.key: e.value for e in tensor.external_data} if tensor else {}
+            if tensor is None or entries.get("location") != scratch_name:
+                graph.append(buf[gfs:gve])
+                continue
+            offset, length = int(entries.get("offset", 0)), int(entries["length"])
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            header = tensor.SerializeToString()
+            raw_key = _encode_varint(_TENSOR_RAW_DATA << 3 | 2) + _encode_varint(length)
+            body = len(header) + len(raw_key) + length
+            graph += [
+                _encode_varint(_GRAPH_INITIALIZER << 3 | 2)
+                + _encode_varint(body)
+                + header
+                + raw_key,
+                (offset, length),
+            ]
+        pieces.append(_encode_varint(_MODEL_GRAPH << 3 | 2) + _encode_varint(size(graph)))
+        pieces += graph
+    if size(pieces) > PROTOBUF_LIMIT:
+        raise ValueError("the model is over 2 GiB: it needs external data")
+    with (
+        open(path, "wb") as out,
+        open(scratch, "rb") if scratch.exists() else open(os.devnull, "rb") as data,
+    ):
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                out.write(piece)
+                continue
+            data.seek(piece[0])
+            left = piece[1]
+            while left:
+                chunk = data.read(min(left, 1 << 22))
+                if not chunk:
+                    raise OSError(f"scratch data ended early writing {path.name}")
+                out.write(chunk)
+                left -= len(chunk)
+    scratch.unlink(missing_ok=True)
+    skeleton_path.unlink()
+
+
 def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]:
     """Write ``model`` to ``output`` atomically; return the files written.
 
@@ -143,7 +421,7 @@ def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]
             ir.save(model, staged, external_data=data_file_name(output))
             written.insert(0, parent / data_file_name(output))
         else:
-            ir.save(model, staged)
+            _save_embedded(model, staged)
         for final in written:
             with open(tmp / final.name, "rb+") as f:
                 os.fsync(f.fileno())

@@ -13,17 +13,18 @@ import onnx
 import onnx_ir as ir
 
 from prunequant_cli.config import CompressConfig, EvalConfig
+from prunequant_cli.encodings import DEFAULT_ENCODING
+from prunequant_cli.errors import EvaluationError, UnsupportedModelError
 from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
     check_output_target,
     external_files,
-    file_bytes,
     load_model,
     needs_external_data,
     save_model,
 )
 from prunequant_cli.passes import PrunePass, QuantizePass
-from prunequant_cli.report import CompressReport, Evaluation, ModelSummary, TensorRecord
+from prunequant_cli.report import CompressReport, ModelSummary, TensorRecord
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
 
 ModelInput = str | Path | onnx.ModelProto | ir.Model
@@ -58,12 +59,15 @@ def _float_summary(model: ir.Model, size: int) -> tuple[ModelSummary, dict[str, 
     return ModelSummary(size, params, params - sum(zeros.values()), 0), zeros
 
 
-def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None]:
+def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None, set[Path]]:
+    """The model to work on, its path (None in memory) and its external data files."""
     if isinstance(model, (str, Path)):
-        return load_model(Path(model)), Path(model)
+        loaded = load_model(Path(model))
+        return loaded.model, loaded.path, loaded.external
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model)  # work on a copy, never on the caller's model
-    return ir.serde.deserialize_model(model), None
+    copy = ir.serde.deserialize_model(model)
+    return copy, None, external_files(copy)
 
 
 def compress(
@@ -94,18 +98,28 @@ def compress(
     evaluation = evaluation or EvalConfig()
     started = time.perf_counter()
     out = Path(output)
-    ir_model, in_path = _load_input(model)
-    in_external = external_files(ir_model)
+    ir_model, in_path, in_external = _load_input(model)
     check_output_target(in_path, out, in_external)
 
     if in_path is not None:
-        in_bytes = file_bytes(in_path, ir_model)
+        in_bytes = in_path.stat().st_size + sum(f.stat().st_size for f in in_external)
         original_source: str | bytes = str(in_path)
     else:
         original_source = ir.serde.serialize_model(ir_model).SerializeToString()
         in_bytes = len(original_source)
+    comparison = None
+    if evaluation.enabled:
+        from prunequant_cli.evaluate import Comparison  # imports onnxruntime: only when needed
+
+        comparison = Comparison(original_source, evaluation)
     original, zeros = _float_summary(ir_model, in_bytes)
 
+    opset = ir_model.opset_imports.get("", ir_model.opset_imports.get("ai.onnx", 0))
+    if config.bits is not None and opset < DEFAULT_ENCODING.min_opset:
+        raise UnsupportedModelError(
+            f"the model uses ONNX opset {opset}; quantized weights need opset "
+            f">= {DEFAULT_ENCODING.min_opset} (convert it with onnx.version_converter first)"
+        )
     sites, skipped = select_weights(ir_model, config.exclude)
     original.weights = len(sites)
     records = {
@@ -138,8 +152,14 @@ def compress(
     )
     compressed_at = time.perf_counter()
     ev = None
-    if evaluation.enabled:
-        ev = _compare(original_source, out, evaluation)
+    if comparison is not None:
+        try:
+            ev = comparison.run(str(out))
+        except EvaluationError as e:
+            # A model that onnxruntime cannot run is no deliverable: do not leave it behind.
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise EvaluationError(f"{e} (output removed)") from None
     meta = {
         "input_path": str(in_path) if in_path is not None else None,
         "output_path": str(out),
@@ -166,17 +186,10 @@ def compress(
     )
 
 
-def _compare(original: str | bytes, out: Path, config: EvalConfig) -> Evaluation:
-    from prunequant_cli.evaluate import compare  # imports onnxruntime: only when evaluating
-
-    return compare(original, str(out), config)
-
-
 def inspect_model(path: str | Path) -> Inspection:
     """What is inside an ONNX file: interface, ops, every tensor and how weights are stored."""
-    p = Path(path)
-    model = load_model(p)
-    return inspect_ir(model, p, file_bytes(p, model))
+    loaded = load_model(Path(path))
+    return inspect_ir(loaded.model, loaded.path, loaded.file_bytes)
 
 
 __all__ = ["compress", "inspect_model"]

@@ -9,7 +9,8 @@ Symmetric (zero point 0), one scale per output channel:
 ``scale_c = max_j |w_cj| / qmax``, so no weight is clipped and the error of every
 weight is at most ``scale_c / 2``. A zero weight (a pruned one) has code 0 and
 decodes to exactly 0. The range is restricted to [-qmax, qmax], which keeps it
-symmetric. A channel of zeros gets scale 1 (its codes are all 0).
+symmetric. A channel of zeros gets scale 1 (its codes are all 0); scales never go
+below the dtype's smallest normal number.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def per_channel_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     other = tuple(a for a in range(w.ndim) if a != axis)
     amax = np.abs(w).max(axis=other, keepdims=True).astype(np.float64)
     scale = amax / qmax(bits)
-    scale[scale == 0] = 1.0
+    # A scale must be a normal number of the weight's dtype, or the division
+    # overflows; channels of tiny (subnormal) weights then quantize to zero.
+    scale = np.maximum(scale, np.finfo(w.dtype).tiny)
+    scale[amax == 0] = 1.0
     return scale.astype(w.dtype)
 
 
