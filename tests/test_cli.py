@@ -1,0 +1,154 @@
+"""The command line: output modes, messages, exit codes, nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+from helpers import ROOT, SAMPLES
+
+from prunequant_cli.cli import main
+from prunequant_cli.errors import EXIT_CODES
+
+CNN = str(SAMPLES / "digits_cnn.onnx")
+CNN_DATA = str(SAMPLES / "digits_cnn.npz")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_compress_json_is_one_document_on_stdout(tmp_path):
+    out = tmp_path / "out.onnx"
+    r = run("compress", CNN, out, "--threshold", "0.01", "--data", CNN_DATA, "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert r.stderr == ""
+    assert doc["schema_version"] == 1
+    assert doc["command"] == "compress"
+    assert isinstance(doc["original"]["file_bytes"], int)
+    assert doc["compressed"]["file_bytes"] == out.stat().st_size
+    assert doc["ratio"] == pytest.approx(
+        doc["compressed"]["file_bytes"] / doc["original"]["file_bytes"]
+    )
+    assert doc["evaluation"]["accuracy"]["drop_points"] <= 1.0
+    assert {t["name"] for t in doc["tensors"]} == {
+        "conv1.weight",
+        "conv2.weight",
+        "fc1.weight",
+        "fc2.weight",
+    }
+    assert set(doc["meta"]) >= {"versions", "latency_ms", "input_path", "output_path"}
+
+
+def test_json_is_deterministic_apart_from_meta(tmp_path):
+    docs = []
+    for name in ("a.onnx", "b.onnx"):
+        r = run("compress", CNN, tmp_path / name, "--bits", "4", "--json")
+        assert r.exit_code == 0
+        doc = json.loads(r.stdout)
+        doc.pop("meta")
+        docs.append(doc)
+    assert docs[0] == docs[1]
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_compress_table(tmp_path):
+    r = run("compress", CNN, tmp_path / "o.onnx", "--data", CNN_DATA, "--verbose")
+    assert r.exit_code == 0, r.stderr
+    for text in ("file size", "accuracy (probs)", "median latency", "fc1.weight", "int8 ×scale"):
+        assert text in r.stdout
+    assert "\x1b[" not in r.stdout  # no colour off a terminal
+
+
+def test_inspect_json_and_table(tmp_path):
+    r = run("inspect", CNN, "--json")
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert doc["inputs"] == [{"name": "input", "dtype": "float", "shape": "N×1×8×8"}]
+    assert doc["ops"]["Conv"] == 2
+    assert doc["totals"]["weights"] == 4
+    r = run("inspect", CNN)
+    assert r.exit_code == 0 and "conv1.weight" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["compress", "missing.onnx", "{tmp}/o.onnx"], 3, "model not found"),
+        (["compress", "{garbage}", "{tmp}/o.onnx"], 4, "not an ONNX model"),
+        (["compress", "{empty}", "{tmp}/o.onnx"], 4, "is empty"),
+        (["compress", CNN, CNN], 6, "would overwrite the input"),
+        (["compress", CNN, "{tmp}/no/such/dir/o.onnx"], 6, "output folder does not exist"),
+        (
+            ["compress", CNN, "{tmp}/o.onnx", "--threshold", "0.1", "--sparsity", "0.1"],
+            2,
+            "alternatives",
+        ),
+        (["compress", CNN, "{tmp}/o.onnx", "--data", "{tmp}/none.npz"], 3, "data file not found"),
+        (
+            ["compress", CNN, "{tmp}/o.onnx", "--data", str(SAMPLES / "digits_mlp.npz")],
+            2,
+            "expects shape",
+        ),
+        (["inspect", "{garbage}"], 4, "not an ONNX model"),
+    ],
+)
+def test_errors_are_one_line_with_their_exit_code(tmp_path, args, code, message):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a model at all" * 50)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run(*(a.format(tmp=tmp_path, garbage=garbage, empty=empty) for a in args))
+    assert r.exit_code == code, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunequant: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in r.stderr
+    if code != 7:  # failed before writing: nothing new in the folder
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_failed_evaluation_keeps_no_partial_file_and_reports_code(tmp_path):
+    r = run("compress", CNN, tmp_path / "o.onnx", "--bits", "9")
+    assert r.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in main.commands:
+        r = run(name, "--help")
+        assert r.exit_code == 0 and "Exit codes" in r.stdout
+        assert f"prunequant {name}" in readme
+
+
+def test_readme_lists_every_exit_code():
+    readme = (ROOT / "README.md").read_text()
+    for code, _ in EXIT_CODES:
+        assert re.search(rf"^\|\s*{code}\s*\|", readme, re.M), f"exit code {code} not in README"
+
+
+def test_old_opset_is_refused_as_unsupported(tmp_path):
+    import onnx
+    from helpers import FLOAT, make_model, rand, tensor
+    from onnx import helper
+
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", FLOAT, [1, 4])],
+        [("y", FLOAT, [1, 3])],
+        [tensor("W", rand((4, 3)))],
+        opset=6,
+        ir_version=4,
+    )
+    src = tmp_path / "old.onnx"
+    onnx.save(model, src)
+    r = run("compress", src, tmp_path / "o.onnx")
+    assert r.exit_code == 5, r.stderr
+    assert "opset 6" in r.stderr
+    assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,191 @@
+"""compress on small built graphs: every written model runs in onnxruntime like the original."""
+
+from __future__ import annotations
+
+import hashlib
+
+import graphs
+import numpy as np
+import onnx
+import pytest
+from helpers import FLOAT, assert_close_outputs, make_model, rand, run_both, save, tensor
+from onnx import helper
+
+from prunequant_cli import CompressConfig, EvalConfig, compress, inspect_model
+
+NO_EVAL = EvalConfig(enabled=False)
+
+CASES = {
+    "gemm-transB": graphs.gemm(1),
+    "gemm": graphs.gemm(0),
+    "matmul": graphs.matmul(),
+    "matmul-batched": graphs.matmul(batched=True),
+    "conv": graphs.conv(),
+    "gather": graphs.embedding(),
+    "shared": graphs.shared_weight(),
+    "if": graphs.if_branches(),
+    "mixed": graphs.reshape_and_others(),
+}
+
+
+def _float_initializers(model):
+    out = {}
+    for init in model.graph.initializer:
+        out[init.name] = init
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                out.update({i.name: i for i in attr.g.initializer})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_model_matches_original(tmp_path, name, bits):
+    src = save(CASES[name], tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=bits), NO_EVAL)
+    assert report.tensors, "every case has at least one weight"
+    onnx.checker.check_model(str(out), full_check=True)
+    feeds = None
+    if name == "if":
+        x = rand((4, 4), 7)
+        for flag in (True, False):
+            assert_close_outputs(
+                src, out, {"x": x, "c": np.array(flag)}, 0.999 if bits == 8 else 0.95
+            )
+        return
+    assert_close_outputs(src, out, feeds, 0.999 if bits == 8 else 0.95)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float_weights_are_gone_and_the_rest_is_bit_identical(tmp_path, name):
+    src = save(CASES[name], tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    before = _float_initializers(onnx.load(src))
+    after = _float_initializers(onnx.load(out))
+    weights = {t.name for t in report.tensors}
+    for w in weights:
+        assert w not in after  # no dead float copy left behind
+        assert after[f"{w}_quantized"].data_type == onnx.TensorProto.INT8
+    for keep, proto in before.items():
+        if keep not in weights:
+            assert after[keep].SerializeToString() == proto.SerializeToString()
+
+
+def test_threshold_zeroes_whole_rows_along_the_output_axis(tmp_path):
+    # Gemm with transB=0: output neurons are the columns of W (axis 1).
+    w = rand((6, 5), 1)
+    w[:, 2] *= 0.01
+    w[:, 4] *= 0.02
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "W"], ["y"])],
+        [("x", FLOAT, ["N", 6])],
+        [("y", FLOAT, ["N", 5])],
+        [tensor("W", w)],
+    )
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(threshold=0.05, bits=8), NO_EVAL)
+    (rec,) = report.tensors
+    assert (rec.axis, rec.rows_pruned) == (1, 2)
+    info = {t.name: t for t in inspect_model(out).tensors}
+    assert info["W"].zero_rows == 2
+    ya, yb, _ = run_both(src, out)
+    assert np.all(yb[0][:, [2, 4]] == 0)  # pruned neurons output exactly zero
+    np.testing.assert_allclose(yb[0][:, [0, 1, 3]], ya[0][:, [0, 1, 3]], rtol=0.02, atol=0.02)
+
+
+def test_sparsity_prune_only_keeps_floats(tmp_path):
+    src = save(graphs.matmul(), tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(sparsity=0.5, bits=None), NO_EVAL)
+    (rec,) = report.tensors
+    assert rec.to_dict()["sparsity_after"] == 0.5
+    w = onnx.numpy_helper.to_array(_float_initializers(onnx.load(out))["W"])
+    assert w.dtype == np.float32 and np.count_nonzero(w) == 6
+    run_both(src, out)
+
+
+def test_same_inputs_give_byte_identical_outputs(tmp_path):
+    src = save(graphs.conv(), tmp_path / "in.onnx")
+    cfg = CompressConfig(threshold=0.1, bits=4)
+    compress(src, tmp_path / "a.onnx", cfg, NO_EVAL)
+    compress(src, tmp_path / "b.onnx", cfg, NO_EVAL)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_external_data_in_and_out(tmp_path):
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", FLOAT, ["N", 64])],
+        [("y", FLOAT, ["N", 32])],
+        [tensor("W", rand((64, 32), 1))],
+    )
+    src = tmp_path / "in.onnx"
+    onnx.save(model, src, save_as_external_data=True, location="in.weights", size_threshold=0)
+    digest = hashlib.sha256((tmp_path / "in.weights").read_bytes()).hexdigest()
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    data = tmp_path / "out.onnx.data"
+    assert data.exists()
+    size = data.stat().st_size
+    assert report.compressed.file_bytes == out.stat().st_size + size
+    assert (
+        report.original.file_bytes == src.stat().st_size + (tmp_path / "in.weights").stat().st_size
+    )
+    compress(src, out, CompressConfig(bits=8), NO_EVAL)  # again: rewritten, not appended
+    assert data.stat().st_size == size
+    assert hashlib.sha256((tmp_path / "in.weights").read_bytes()).hexdigest() == digest
+    assert_close_outputs(src, out, min_cosine=0.999)
+
+
+def test_float16_weights(tmp_path):
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", onnx.TensorProto.FLOAT16, ["N", 8])],
+        [("y", onnx.TensorProto.FLOAT16, ["N", 4])],
+        [tensor("W", rand((8, 4), 1, np.float16))],
+    )
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    feeds = {"x": rand((3, 8), 2, np.float16)}
+    assert_close_outputs(src, out, feeds, min_cosine=0.999)
+
+
+def test_in_memory_model_is_not_modified(tmp_path):
+    model = graphs.conv()
+    before = model.SerializeToString()
+    report = compress(model, tmp_path / "out.onnx", CompressConfig(threshold=0.1), EvalConfig())
+    assert model.SerializeToString() == before
+    assert report.evaluation is not None and report.evaluation.source == "synthetic"
+    assert report.ratio < 1
+
+
+@pytest.mark.parametrize("bits", [8, None])
+def test_large_tensors_are_streamed_in_and_out(tmp_path, bits):
+    # 256x384 fp32 = 384 KiB: above the size that is read lazily and streamed on save.
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["y"]),
+        ],
+        [("x", FLOAT, ["N", 256])],
+        [("y", FLOAT, ["N", 384])],
+        [tensor("W", rand((256, 384), 1)), tensor("B", rand((1, 384), 2) + rand((64, 384), 3)[:1])],
+    )
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    compress(src, out, CompressConfig(sparsity=0.3, bits=bits), NO_EVAL)
+    onnx.checker.check_model(str(out), full_check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx"]
+    assert_close_outputs(src, out, min_cosine=0.99)
+    loaded = onnx.load(out)
+    stored = {t.name: t for t in loaded.graph.initializer}
+    if bits is None:
+        w = onnx.numpy_helper.to_array(stored["W"])
+        assert np.count_nonzero(w) == w.size - int(0.3 * w.size)
+    else:
+        assert stored["W_quantized"].data_type == onnx.TensorProto.INT8

@@ -1,0 +1,69 @@
+"""Properties of the quantization maths (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from prunequant_cli.quantization import dequantize, per_channel_scale, qmax, quantize
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+weights = st.integers(1, 3).flatmap(
+    lambda ndim: arrays(np.float32, st.tuples(*[st.integers(1, 6)] * (ndim + 1)), elements=finite)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weights, bits=st.integers(2, 8), data=st.data())
+def test_round_trip_error_within_half_a_step(w, bits, data):
+    axis = data.draw(st.integers(0, w.ndim - 1))
+    scale = per_channel_scale(w, axis, bits)
+    codes = quantize(w, scale, bits)
+    err = np.abs(dequantize(codes, scale).astype(np.float64) - w)
+    # half a step, plus float32 rounding of the product
+    bound = scale.astype(np.float64) / 2 * (1 + 1e-5) + np.abs(w) * 1e-6
+    assert (err <= bound).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weights, bits=st.integers(2, 8))
+def test_codes_within_symmetric_range(w, bits):
+    scale = per_channel_scale(w, 0, bits)
+    codes = quantize(w, scale, bits)
+    assert codes.dtype == np.int8
+    assert np.abs(codes.astype(np.int32)).max() <= qmax(bits)
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weights, bits=st.integers(2, 8), data=st.data())
+def test_zeros_stay_exactly_zero(w, bits, data):
+    zero = data.draw(arrays(bool, w.shape))
+    w = np.where(zero, np.float32(0), w)
+    scale = per_channel_scale(w, 0, bits)
+    back = dequantize(quantize(w, scale, bits), scale)
+    assert (back[zero] == 0).all()
+
+
+def test_scale_is_per_output_channel_and_broadcasts():
+    w = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 12
+    scale = per_channel_scale(w, 1, 8)
+    assert scale.shape == (1, 3, 1)
+    assert scale.dtype == np.float32
+    expected = np.abs(w).max(axis=(0, 2)) / 127
+    np.testing.assert_allclose(scale.ravel(), expected, rtol=1e-6)
+
+
+def test_all_zero_channel_gets_unit_scale_and_zero_codes():
+    w = np.zeros((2, 3), np.float32)
+    w[1] = [1, -2, 3]
+    scale = per_channel_scale(w, 0, 4)
+    assert scale[0, 0] == 1.0
+    codes = quantize(w, scale, 4)
+    assert (codes[0] == 0).all()
+    assert codes[1].tolist() == [2, -5, 7]
+
+
+def test_qmax():
+    assert [qmax(b) for b in (2, 4, 8)] == [1, 7, 127]

@@ -1,0 +1,56 @@
+"""The shipped sample models: real data, real accuracy, real size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import SAMPLES, run_both
+
+from prunequant_cli import CompressConfig, EvalConfig, compress, inspect_model
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_samples_are_real_classifiers(name):
+    data = np.load(SAMPLES / f"{name}.npz")
+    ya, _, _ = run_both(
+        SAMPLES / f"{name}.onnx", SAMPLES / f"{name}.onnx", {"input": data["input"]}
+    )
+    accuracy = np.mean(ya[0].argmax(1) == data["labels"])
+    assert accuracy >= 0.95
+    assert len(data["labels"]) >= 400
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_8_bit_keeps_accuracy_at_under_30_percent_of_the_size(tmp_path, name):
+    report = compress(
+        SAMPLES / f"{name}.onnx",
+        tmp_path / "out.onnx",
+        CompressConfig(bits=8),
+        EvalConfig(data=SAMPLES / f"{name}.npz", latency_runs=3),
+    )
+    ev = report.evaluation
+    assert ev is not None and ev.samples == len(np.load(SAMPLES / f"{name}.npz")["labels"])
+    assert ev.accuracy_drop_points is not None and ev.accuracy_drop_points <= 1.0
+    assert report.ratio <= 0.30
+    assert ev.outputs[0].top1_agreement >= 0.99
+    assert ev.outputs[0].nonfinite == 0
+
+
+def test_threshold_pruning_shows_zero_rows_in_inspect(tmp_path):
+    out = tmp_path / "out.onnx"
+    report = compress(
+        SAMPLES / "digits_cnn.onnx",
+        out,
+        CompressConfig(threshold=0.02, bits=8),
+        EvalConfig(data=SAMPLES / "digits_cnn.npz", latency_runs=3),
+    )
+    pruned = {t.name: t.rows_pruned for t in report.tensors}
+    assert sum(pruned.values()) > 0
+    after = {t.name: t for t in inspect_model(out).tensors}
+    before = {t.name: t for t in inspect_model(SAMPLES / "digits_cnn.onnx").tensors}
+    for name, rows in pruned.items():
+        assert after[name].zero_rows >= rows
+        assert before[name].zero_rows == 0
+        assert after[name].encoding == "int8_cast_mul"
+        assert before[name].encoding == "float"
+    assert report.evaluation.accuracy_drop_points <= 2.0
