@@ -9,6 +9,10 @@ A weight is a float initializer whose every use is a weight slot of a known op:
 | Gemm          | 1     | 0 with transB=1, else 1                      |
 | MatMul        | 1     | last (columns of B are output neurons)       |
 | Gather        | 0     | 0 (an embedding table: one row per token), axis=0 only |
+| LSTM/GRU/RNN  | 1, 2  | 1 (gate units of W and R: [directions, gates×hidden, inputs]) |
+
+Uses through Identity nodes count as uses of the initializer itself (exporters
+share one initializer between cloned layers that way).
 
 Uses are followed into If/Loop/Scan subgraphs. An initializer that is also a graph
 input or output, is not float, or has any other use (a Reshape shape, an Add
@@ -71,7 +75,28 @@ def _weight_axis(use: Usage, rank: int) -> int | None:
         return rank - 1
     if op == "Gather" and idx == 0 and rank == 2 and node.attributes.get_int("axis", 0) == 0:
         return 0
+    if op in ("LSTM", "GRU", "RNN") and idx in (1, 2) and rank == 3:
+        return 1
     return None
+
+
+def _uses_through_identity(value: ir.Value, depth: int = 0) -> list[Usage] | str:
+    """The uses of ``value``, looking through Identity nodes (exporters add them
+    to share one initializer between layers)."""
+    uses: list[Usage] = []
+    for use in value.uses():
+        node = use.node
+        if node.op_type == "Identity" and node.domain in _STANDARD_DOMAINS and depth < 16:
+            out = node.outputs[0]
+            if out.is_graph_output():
+                return "passed to a graph output through Identity"
+            found = _uses_through_identity(out, depth + 1)
+            if isinstance(found, str):
+                return found
+            uses += found
+        else:
+            uses.append(use)
+    return uses
 
 
 def _classify(value: ir.Value, graph: ir.Graph) -> tuple[int, tuple[str, ...]] | str:
@@ -85,7 +110,9 @@ def _classify(value: ir.Value, graph: ir.Graph) -> tuple[int, tuple[str, ...]] |
         return "also a graph input (can be overridden at run time)"
     if value.is_graph_output():
         return "also a graph output"
-    uses = list(value.uses())
+    uses = _uses_through_identity(value)
+    if isinstance(uses, str):
+        return uses
     if not uses:
         return "unused"
     rank = len(tensor.shape)

@@ -111,3 +111,62 @@ def reshape_and_others():
         ],
     )
     return model
+
+
+def conv_bn():
+    """Conv without bias -> BatchNormalization -> Relu -> pool -> Gemm: a CNN as exported."""
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"]),
+            helper.make_node("Relu", ["bn"], ["r"]),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1),
+        ],
+        [("x", FLOAT, ["N", 3, 8, 8])],
+        [("y", FLOAT, ["N", 5])],
+        [
+            tensor("W", rand((8, 3, 3, 3), 1)),
+            tensor("gamma", rand((8,), 2) + 1),
+            tensor("beta", rand((8,), 3)),
+            tensor("mean", rand((8,), 4)),
+            tensor("var", np.abs(rand((8,), 5)) + 0.5),
+            tensor("fc", rand((5, 8), 6)),
+            tensor("fcb", rand((5,), 7)),
+        ],
+    )
+
+
+def lstm():
+    """Token embedding -> LSTM: a recurrent text model."""
+    hidden, inp = 6, 8
+    return make_model(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["emb"]),
+            helper.make_node("LSTM", ["emb", "W", "R", "B"], ["Y"], hidden_size=hidden),
+        ],
+        [("ids", TensorProto.INT64, [5, "N"])],
+        [("Y", FLOAT, [5, 1, "N", hidden])],
+        [
+            tensor("E", rand((20, inp), 1)),
+            tensor("W", rand((1, 4 * hidden, inp), 2) * 0.5),
+            tensor("R", rand((1, 4 * hidden, hidden), 3) * 0.5),
+            tensor("B", rand((1, 8 * hidden), 4) * 0.1),
+        ],
+    )
+
+
+def identity_shared():
+    """One initializer shared by two layers through an Identity, as exporters write it."""
+    return make_model(
+        [
+            helper.make_node("Identity", ["W"], ["W_layer2"]),
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "W_layer2"], ["y"]),
+        ],
+        [("x", FLOAT, ["N", 6])],
+        [("y", FLOAT, ["N", 6])],
+        [tensor("W", rand((6, 6), 1))],
+    )

@@ -25,6 +25,9 @@ CASES = {
     "shared": graphs.shared_weight(),
     "if": graphs.if_branches(),
     "mixed": graphs.reshape_and_others(),
+    "conv-bn": graphs.conv_bn(),
+    "lstm": graphs.lstm(),
+    "identity": graphs.identity_shared(),
 }
 
 

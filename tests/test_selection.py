@@ -25,8 +25,23 @@ def _select(model, exclude=()):
         (graphs.embedding(), {"E": 0}),
         (graphs.shared_weight(), {"W": 1}),
         (graphs.if_branches(), {"W": 1, "V": 1}),
+        (graphs.conv_bn(), {"W": 0, "fc": 0}),
+        (graphs.lstm(), {"E": 0, "W": 1, "R": 1}),
+        (graphs.identity_shared(), {"W": 1}),
     ],
-    ids=["gemm-transB", "gemm", "matmul", "matmul-batched", "conv", "gather", "shared", "if"],
+    ids=[
+        "gemm-transB",
+        "gemm",
+        "matmul",
+        "matmul-batched",
+        "conv",
+        "gather",
+        "shared",
+        "if",
+        "conv-bn",
+        "lstm",
+        "identity",
+    ],
 )
 def test_weight_axes(model, expected):
     sites, _ = _select(model)
