@@ -139,6 +139,15 @@ def compress(
         [PrunePass(sites, config, records), QuantizePass(sites, config, records)]
     )(ir_model)
 
+    notes = []
+    heavy = [r for r in records.values() if 2 * r.rows_pruned > r.rows]
+    if config.threshold is not None and heavy:
+        names = ", ".join(r.name for r in heavy[:3]) + (", …" if len(heavy) > 3 else "")
+        notes.append(
+            f"--threshold {config.threshold:g} zeroed more than half the rows of {len(heavy)} "
+            f"tensor(s) ({names}): a tensor's row shares sum to 1, so their mean is 1/rows "
+            f"({1 / heavy[0].rows:.3g} for {heavy[0].name})"
+        )
     written = save_model(ir_model, out, needs_external_data(ir_model, bool(in_external)))
     new_zeros = sum(
         (r.zeros_after if r.zeros_after is not None else r.zeros_before) - r.zeros_before
@@ -183,6 +192,7 @@ def compress(
         skipped=[(s.name, s.reason) for s in skipped],
         evaluation=ev,
         meta=meta,
+        notes=notes,
     )
 
 

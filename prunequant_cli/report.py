@@ -171,6 +171,7 @@ class CompressReport:
     skipped: list[tuple[str, str]]
     evaluation: Evaluation | None
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -195,6 +196,7 @@ class CompressReport:
             "tensors": [t.to_dict() for t in self.tensors],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "evaluation": None if ev is None else ev.to_dict(),
+            "notes": list(self.notes),
             "meta": meta,
         }
 
@@ -270,6 +272,8 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
         f"{len(done)} of {len(report.tensors)} weight tensors compressed; "
         f"{len(report.skipped)} other float tensors left as they were."
     )
+    for note in report.notes:
+        console.print(f"Note: {note}")
     if ev is not None:
         kind = "samples from the data file" if ev.source == "data" else "synthetic samples"
         console.print(f"Evaluated on {ev.samples} {kind}.")

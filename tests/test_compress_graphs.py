@@ -192,3 +192,45 @@ def test_large_tensors_are_streamed_in_and_out(tmp_path, bits):
         assert np.count_nonzero(w) == w.size - int(0.3 * w.size)
     else:
         assert stored["W_quantized"].data_type == onnx.TensorProto.INT8
+
+
+def test_failed_write_keeps_the_previous_output_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    from prunequant_cli import model_io
+    from prunequant_cli.errors import OutputError
+
+    src = save(graphs.conv(), tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous output")
+
+    def full_disk(model, path):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model_io, "_save_embedded", full_disk)
+    with pytest.raises(OutputError, match="No space left on device"):
+        compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    assert out.read_bytes() == b"previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx"]
+
+
+def test_a_symlink_at_the_output_is_replaced_not_followed(tmp_path):
+    src = save(graphs.conv(), tmp_path / "in.onnx")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out.onnx"
+    out.symlink_to(victim)
+    compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    assert victim.read_text() == "keep me"
+    assert not out.is_symlink()
+    run_both(src, out)
+
+
+def test_a_threshold_above_the_mean_share_is_called_out(tmp_path):
+    src = save(graphs.gemm(1), tmp_path / "in.onnx")
+    report = compress(src, tmp_path / "o.onnx", CompressConfig(threshold=0.5), NO_EVAL)
+    assert report.tensors[0].rows_pruned >= 2
+    assert any("mean is 1/rows" in n for n in report.to_dict()["notes"])
+    quiet = compress(src, tmp_path / "p.onnx", CompressConfig(threshold=0.01), NO_EVAL)
+    assert quiet.notes == []
