@@ -7,7 +7,6 @@ errors go to stderr as one line. No graph logic lives here.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +25,8 @@ def _console() -> Any:
     from rich.console import Console
 
     # rich drops colour when stdout is not a terminal and honours NO_COLOR. Off a
-    # terminal it would fold tables to 80 columns: give logs room unless COLUMNS says.
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    # terminal it would fold tables to 80 columns (or $COLUMNS): give logs room.
+    width = None if sys.stdout.isatty() else 160
     return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 

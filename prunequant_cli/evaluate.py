@@ -175,6 +175,8 @@ def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarra
 
 
 def _metrics(name: str, a: list[np.ndarray], b: list[np.ndarray]) -> OutputMetrics:
+    if any(t.dtype.kind not in "fiub" for t in (*a, *b)):  # strings, maps, sequences
+        return OutputMetrics(name, None, None, None, None, 0)
     x = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in a])
     y = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in b])
     nonfinite = int(np.count_nonzero(~np.isfinite(y)))
@@ -183,7 +185,7 @@ def _metrics(name: str, a: list[np.ndarray], b: list[np.ndarray]) -> OutputMetri
         pa = np.concatenate([t.argmax(1) for t in a])
         pb = np.concatenate([t.argmax(1) for t in b])
         top1 = float(np.mean(pa == pb)) if pa.size else None
-    if x.size == 0 or a[0].dtype.kind not in "fiub":
+    if x.size == 0:
         return OutputMetrics(name, None, None, None, top1, nonfinite)
     diff = np.abs(x - y)
     nx, ny = np.linalg.norm(x), np.linalg.norm(y)
@@ -262,7 +264,9 @@ class Comparison:
                 outs_b[i].append(np.asarray(yb))
         metrics = [_metrics(n, a, b) for n, a, b in zip(out_names, outs_a, outs_b, strict=True)]
 
-        ev = Evaluation(source=self.source, samples=samples, outputs=metrics, notes=self.notes)
+        ev = Evaluation(
+            source=self.source, samples=samples, outputs=metrics, notes=list(self.notes)
+        )
         if self.labels is not None:
             idx = next((i for i, m in enumerate(metrics) if m.top1_agreement is not None), None)
             if idx is None:

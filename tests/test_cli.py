@@ -152,3 +152,52 @@ def test_old_opset_is_refused_as_unsupported(tmp_path):
     assert r.exit_code == 5, r.stderr
     assert "opset 6" in r.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_installed_command_in_a_pipe(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "prunequant"
+    out = tmp_path / "o.onnx"
+    r = subprocess.run(
+        [str(exe), "compress", CNN, str(out), "--threshold", "0.02", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["compressed"]["file_bytes"] == out.stat().st_size
+    assert r.stderr == ""
+    r = subprocess.run(
+        [sys.executable, "-m", "prunequant_cli", "inspect", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0 and "int8 ×scale" in r.stdout and "\x1b[" not in r.stdout
+
+
+def test_non_tensor_and_integer_outputs_are_compared(tmp_path):
+    import onnx
+    from helpers import FLOAT, make_model, rand, tensor
+    from onnx import TensorProto, helper
+
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
+        [("x", FLOAT, ["N", 4])],
+        [("scores", FLOAT, ["N", 3]), ("label", TensorProto.INT64, ["N"])],
+        [tensor("W", rand((4, 3)))],
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    r = run("compress", src, tmp_path / "o.onnx", "--json")
+    assert r.exit_code == 0, r.stderr
+    outputs = json.loads(r.stdout)["evaluation"]["outputs"]
+    assert [o["name"] for o in outputs] == ["scores", "label"]
+    assert outputs[0]["top1_agreement"] == 1.0
+    assert outputs[1]["max_abs_error"] == 0.0
