@@ -24,6 +24,31 @@ def _zeros(a: np.ndarray) -> int:
     return int(a.size - np.count_nonzero(a))
 
 
+class ReleaseInitializerInputsPass(ir.passes.InPlacePass):
+    """Unlist initializers from the graph inputs of an IR < 4 model, and raise its IR to 4.
+
+    IR versions below 4 require every initializer to be listed as a graph input,
+    which would make every weight look overridable at run time. Nobody feeds
+    them: the listing was a format rule, not an intent. IR 4 dropped the rule.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = 0
+        self.old_ir_version = 0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.old_ir_version = model.ir_version
+        if model.ir_version >= 4:
+            return ir.passes.PassResult(model, modified=False)
+        graph = model.graph
+        keep = [v for v in graph.inputs if v.name not in graph.initializers]
+        self.released = len(graph.inputs) - len(keep)
+        graph.inputs[:] = keep
+        model.ir_version = 4
+        return ir.passes.PassResult(model, modified=True)
+
+
 class PrunePass(ir.passes.InPlacePass):
     """Zero rows by importance share (``threshold``) or weights by magnitude (``sparsity``)."""
 

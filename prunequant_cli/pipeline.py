@@ -23,7 +23,7 @@ from prunequant_cli.model_io import (
     needs_external_data,
     save_model,
 )
-from prunequant_cli.passes import PrunePass, QuantizePass
+from prunequant_cli.passes import PrunePass, QuantizePass, ReleaseInitializerInputsPass
 from prunequant_cli.report import CompressReport, ModelSummary, TensorRecord
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
 
@@ -120,6 +120,15 @@ def compress(
             f"the model uses ONNX opset {opset}; quantized weights need opset "
             f">= {DEFAULT_ENCODING.min_opset} (convert it with onnx.version_converter first)"
         )
+    notes = []
+    release = ReleaseInitializerInputsPass()
+    release(ir_model)
+    if release.released:
+        notes.append(
+            f"IR version {release.old_ir_version} lists every initializer as a graph input; "
+            f"{release.released} such inputs were unlisted and the IR version raised to 4, "
+            "so the weights can be compressed"
+        )
     sites, skipped = select_weights(ir_model, config.exclude)
     original.weights = len(sites)
     records = {
@@ -139,7 +148,6 @@ def compress(
         [PrunePass(sites, config, records), QuantizePass(sites, config, records)]
     )(ir_model)
 
-    notes = []
     heavy = [r for r in records.values() if 2 * r.rows_pruned > r.rows]
     if config.threshold is not None and heavy:
         names = ", ".join(r.name for r in heavy[:3]) + (", …" if len(heavy) > 3 else "")

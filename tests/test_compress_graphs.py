@@ -234,3 +234,34 @@ def test_a_threshold_above_the_mean_share_is_called_out(tmp_path):
     assert any("mean is 1/rows" in n for n in report.to_dict()["notes"])
     quiet = compress(src, tmp_path / "p.onnx", CompressConfig(threshold=0.01), NO_EVAL)
     assert quiet.notes == []
+
+
+def test_ir3_initializers_listed_as_inputs_are_compressed(tmp_path):
+    # IR 3 requires every initializer to be a graph input (old exporters, model zoos).
+    w, b = rand((4, 3, 3, 3), 1), rand((4,), 2)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        "ir3",
+        [
+            helper.make_tensor_value_info("x", FLOAT, [1, 3, 6, 6]),
+            helper.make_tensor_value_info("W", FLOAT, [4, 3, 3, 3]),
+            helper.make_tensor_value_info("B", FLOAT, [4]),
+        ],
+        [helper.make_tensor_value_info("y", FLOAT, [1, 4, 4, 4])],
+        initializer=[tensor("W", w), tensor("B", b)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    onnx.checker.check_model(model)
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), EvalConfig(latency_runs=1))
+    assert [t.name for t in report.tensors] == ["W"]
+    assert any("IR version 3" in n for n in report.notes)
+    written = onnx.load(out)
+    assert written.ir_version == 4
+    assert [i.name for i in written.graph.input] == ["x"]
+    onnx.checker.check_model(written)
+    assert report.evaluation.outputs[0].cosine > 0.999
