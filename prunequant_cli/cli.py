@@ -92,10 +92,34 @@ def main() -> None:
 )
 @click.option(
     "--bits",
-    type=click.IntRange(2, 8),
+    type=click.IntRange(2, 16),
     default=8,
     show_default=True,
-    help="Bits of the symmetric per-output-channel codes.",
+    help="Bits per weight code, 2..8; 16 stores float16 values.",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["uniform", "codebook"]),
+    default="uniform",
+    show_default=True,
+    help="uniform: symmetric codes with one scale per output channel; codebook: "
+    "2^bits shared values per tensor (k-means), more accurate at 2-4 bits.",
+)
+@click.option(
+    "--format",
+    "storage",
+    type=click.Choice(["auto", "dense", "int8", "sparse"]),
+    default="auto",
+    show_default=True,
+    help="How codes are stored: auto picks the smallest form per tensor that runs at the "
+    "model's opset; dense never uses a bitmask; int8 one byte per code; sparse a bitmask "
+    "of the non-zeros.",
+)
+@click.option(
+    "--keep-quantized",
+    is_flag=True,
+    help="Store DequantizeLinear codes that onnxruntime keeps quantized in memory (less RAM; "
+    "slower for Conv/Gemm and at large batch).",
 )
 @click.option("--no-quantize", is_flag=True, help="Prune only: keep the weights in floating point.")
 @click.option(
@@ -136,6 +160,9 @@ def compress(
     threshold: float | None,
     sparsity: float | None,
     bits: int,
+    quant: str,
+    storage: str,
+    keep_quantized: bool,
     no_quantize: bool,
     exclude: tuple[str, ...],
     data: Path | None,
@@ -164,6 +191,9 @@ def compress(
             threshold=threshold,
             sparsity=sparsity,
             bits=None if no_quantize else bits,
+            quant=quant,
+            format=storage,
+            keep_quantized=keep_quantized,
             exclude=exclude,
         )
         ev = EvalConfig(

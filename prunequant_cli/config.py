@@ -8,6 +8,8 @@ from pathlib import Path
 from prunequant_cli.errors import UsageError
 
 MIN_BITS, MAX_BITS = 2, 8
+QUANT_METHODS = ("uniform", "codebook")
+FORMAT_NAMES = ("auto", "dense", "int8", "sparse")
 
 
 @dataclass(frozen=True)
@@ -20,14 +22,24 @@ class CompressConfig:
             their mean is 1/rows); rows with R_i < threshold are zeroed.
         sparsity: Magnitude pruning instead: zero this fraction (0 <= S < 1) of the
             smallest-magnitude weights of each tensor.
-        bits: Width of the symmetric per-output-channel integer codes (2..8), or
-            None to keep float weights (pruning only).
+        bits: Width of the codes (2..8), 16 for float16 storage, or None to keep
+            float weights (pruning only).
+        quant: "uniform" (symmetric, one scale per output channel) or "codebook"
+            (2**bits shared values per tensor, learned by k-means).
+        format: How codes are stored: "auto" (the smallest form per tensor that
+            runs at the model's opset), "dense", "int8" (one byte per code) or
+            "sparse" (bitmask of the non-zeros).
+        keep_quantized: Store uniform codes with DequantizeLinear, which
+            onnxruntime keeps quantized in memory instead of folding to float.
         exclude: Name globs of weights to leave untouched.
     """
 
     threshold: float | None = None
     sparsity: float | None = None
     bits: int | None = 8
+    quant: str = "uniform"
+    format: str = "auto"
+    keep_quantized: bool = False
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -37,8 +49,24 @@ class CompressConfig:
             raise UsageError(f"--threshold must be within [0, 1], got {self.threshold}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise UsageError(f"--sparsity must be within [0, 1), got {self.sparsity}")
-        if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS:
-            raise UsageError(f"--bits must be within {MIN_BITS}..{MAX_BITS}, got {self.bits}")
+        if self.bits is not None and not (MIN_BITS <= self.bits <= MAX_BITS or self.bits == 16):
+            raise UsageError(f"--bits must be within {MIN_BITS}..{MAX_BITS} or 16, got {self.bits}")
+        if self.quant not in QUANT_METHODS:
+            raise UsageError(f"--quant must be one of {', '.join(QUANT_METHODS)}, got {self.quant}")
+        if self.format not in FORMAT_NAMES:
+            raise UsageError(
+                f"--format must be one of {', '.join(FORMAT_NAMES)}, got {self.format}"
+            )
+        if self.bits == 16 and (self.quant != "uniform" or self.keep_quantized):
+            raise UsageError(
+                "--bits 16 stores float16 values: no --quant codebook or --keep-quantized"
+            )
+        if self.keep_quantized and (self.quant != "uniform" or self.format != "auto"):
+            raise UsageError(
+                "--keep-quantized writes uniform DequantizeLinear codes: no --quant or --format"
+            )
+        if self.bits is None and (self.keep_quantized or self.quant != "uniform"):
+            raise UsageError("--no-quantize cannot be combined with --quant or --keep-quantized")
 
     @property
     def prune_method(self) -> str | None:

@@ -1,59 +1,118 @@
-"""How quantized weights are written so that onnxruntime runs them.
+"""How compressed weights are written so that onnxruntime runs them.
 
-An encoding turns integer codes and scales into initializers plus a few standard
-nodes that compute the float weight, and recognises its own pattern in a model
-(for ``inspect``). Encodings are small strategies; the quantize pass picks one per
-tensor, so new packings can be added without touching the passes.
+An encoding turns a :class:`Payload` (integer codes and scales, codebook indices,
+or float16 values) into initializers plus a few standard nodes that compute the
+float weight. Almost all of them only use ops whose inputs are all initializers,
+so onnxruntime folds them into a plain float weight when it creates a session:
+the file holds the small form, inference runs the original float kernels at the
+original speed. (``DequantizeLinear`` is the exception, kept for
+``--keep-quantized``: onnxruntime does not fold it, it fuses it into low-bit
+kernels.)
 
-``Int8CastMul`` (the default): ``W = Mul(Cast(W_quantized: int8, to=float), W_scale)``.
-Both inputs are initializers, so onnxruntime folds the two nodes into a plain float
-``W`` when it creates a session: the file holds one byte per weight, and inference
-runs the original float kernels at the original speed (``DequantizeLinear`` would
-not be folded; onnxruntime keeps it and fuses it into slower or less exact kernels).
+| encoding          | payload  | opset | decode                                             |
+| ----------------- | -------- | ----- | -------------------------------------------------- |
+| int8              | uniform  | 7     | Mul(Cast(int8 codes), scale)                       |
+| int4 / int2       | uniform  | 21/25 | Mul(Cast(INT4/INT2 codes), scale)                  |
+| packed4 / packed2 | uniform  | 11    | uint8 planes split by Div/Mod, Concat, Cast, Sub, Mul |
+| sparse / sparse4  | uniform  | 11    | bitmask planes + CumSum index into the non-zeros   |
+| codebook          | codebook | 7     | Gather(codebook, Cast(uint8 indices))              |
+| codebook4 / 2     | codebook | 21/25 | Gather(codebook, Cast(UINT4/UINT2 indices))        |
+| codebook-packed4/2| codebook | 11    | uint8 planes unpacked, then Gather                 |
+| float16           | float16  | 7     | Cast(float16 values)                               |
+| dq-int8 / dq-int4 | uniform  | 13/21 | DequantizeLinear, kept in the session              |
+
+The main initializer of each encoded weight carries metadata (key ``prunequant``,
+JSON) naming the encoding, the weight, its bit width and axis, which ``inspect`` reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from prunequant_cli.selection import dims
+from prunequant_cli.quantization import pack_planar
 
-# Tensor metadata written next to the codes, so `inspect` can tell the bit width.
-META_BITS = "prunequant.bits"
-META_AXIS = "prunequant.axis"
+# Metadata on the main initializer of an encoded weight: JSON with its encoding,
+# weight name, bits and axis. Shared decoder constants carry META_SHARED.
+META_KEY = "prunequant"
+META_SHARED = "prunequant.shared"
 
 
-@dataclass(frozen=True)
-class EncodedWeight:
-    """A weight found in a model in encoded form."""
+def read_meta(tensor: ir.TensorProtocol | None) -> dict[str, object] | None:
+    """The encoding metadata of an initializer, if it is the main one of an encoded weight."""
+    raw = None if tensor is None else tensor.metadata_props.get(META_KEY)
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("weight"), str) else None
+
+
+@dataclass
+class Payload:
+    """A compressed weight before it is written: exactly one of the three forms."""
 
     name: str
-    encoding: str
-    bits: int | None
-    axis: int | None
     shape: tuple[int, ...]
-    codes: ir.Value
-    scale: ir.Value
+    dtype: ir.DataType
+    axis: int
+    bits: int
+    codes: np.ndarray | None = None  # uniform: signed int8 codes in [-qmax, qmax]
+    scale: np.ndarray | None = None  # uniform: per-channel, broadcastable, weight dtype
+    indices: np.ndarray | None = None  # codebook: uint8 index of each weight
+    codebook: np.ndarray | None = None  # codebook: the shared values, weight dtype
+    half: np.ndarray | None = None  # float16 storage
 
     @property
-    def stored_bytes(self) -> int:
-        return sum(_nbytes(v) for v in (self.codes, self.scale))
+    def kind(self) -> str:
+        if self.codes is not None:
+            return "uniform"
+        if self.indices is not None:
+            return "codebook"
+        return "float16"
 
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
 
-def _nbytes(value: ir.Value) -> int:
-    tensor = value.const_value
-    return 0 if tensor is None else int(tensor.nbytes)
+    def decode(self) -> np.ndarray:
+        """The float weight the payload stands for, computed in numpy (the reference)."""
+        np_dtype = self.dtype.numpy()
+        if self.codes is not None:
+            assert self.scale is not None
+            return self.codes.astype(np_dtype) * self.scale.astype(np_dtype)
+        if self.indices is not None:
+            assert self.codebook is not None
+            return self.codebook.astype(np_dtype)[self.indices.astype(np.int64)]
+        assert self.half is not None
+        return self.half.astype(np_dtype)
+
+    def zeros(self) -> int:
+        """How many weights decode to exactly zero."""
+        if self.codes is not None:
+            return int(self.size - np.count_nonzero(self.codes))
+        if self.indices is not None:
+            assert self.codebook is not None
+            zero_entries = np.flatnonzero(self.codebook == 0)
+            return int(np.isin(self.indices, zero_entries).sum())
+        assert self.half is not None
+        return int(self.size - np.count_nonzero(self.half))
 
 
 class NameAuthority:
-    """Hands out value and node names that do not clash with any in the model."""
+    """Hands out value names that do not clash with any in the model."""
 
     def __init__(self, model: ir.Model) -> None:
         self._taken: set[str] = set()
+        self._next: dict[str, int] = {}
         for graph in model.graphs():
             for v in (*graph.inputs, *graph.outputs, *graph.initializers.values()):
                 if v.name:
@@ -63,123 +122,459 @@ class NameAuthority:
                     self._taken.add(node.name)
                 self._taken.update(o.name for o in node.outputs if o.name)
 
-    def fresh(self, base: str) -> str:
-        name, n = base, 1
+    def fresh(self, base: str, numbered: bool = False) -> str:
+        """``base`` itself if free, else ``base_1``, ``base_2``... (``numbered``: ``base0``...)."""
+        n = self._next.get(base, 0)
+        name = f"{base}{n}" if numbered else base
         while name in self._taken:
-            name, n = f"{base}_{n}", n + 1
+            n += 1
+            name = f"{base}{n}" if numbered else f"{base}_{n}"
+        self._next[base] = n
         self._taken.add(name)
         return name
 
 
-def _prepend(graph: ir.Graph, nodes: Iterable[ir.Node]) -> None:
-    nodes = list(nodes)
-    if len(graph):
-        graph.insert_before(graph[0], nodes)
-    else:
-        graph.extend(nodes)
+@dataclass
+class SharedConstants:
+    """Small constants (scalars, lookup tables) shared by every decoder in a graph."""
+
+    names: NameAuthority
+    _cache: dict[tuple[int, str], ir.Value] = field(default_factory=dict)
+
+    def has(self, graph: ir.Graph, key: str) -> bool:
+        return (id(graph), key) in self._cache
+
+    def get(self, graph: ir.Graph, key: str, array: np.ndarray) -> ir.Value:
+        slot = (id(graph), key)
+        if slot not in self._cache:
+            value = _initializer(graph, self.names.fresh(f"pq_{key}"), array)
+            value.const_value.metadata_props[META_SHARED] = "1"  # type: ignore[union-attr]
+            self._cache[slot] = value
+        return self._cache[slot]
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    tensor = ir.Tensor(array, name=name)
-    value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype))
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray | ir.TensorProtocol) -> ir.Value:
+    tensor = array if isinstance(array, ir.TensorProtocol) else ir.Tensor(array, name=name)
+    value = ir.Value(
+        name=name, shape=ir.Shape(tensor.shape.numpy()), type=ir.TensorType(tensor.dtype)
+    )
     value.const_value = tensor
     graph.register_initializer(value)
     return value
 
 
-class Int8CastMul:
-    """int8 codes, decoded by Cast and a per-channel Mul that onnxruntime folds at load."""
+class DecodeBuilder:
+    """Writes one weight's decoder into its graph, then puts it in the weight's place."""
 
-    name = "int8_cast_mul"
-    min_opset = 7  # numpy-style broadcasting in Mul
+    def __init__(
+        self, graph: ir.Graph, shared: SharedConstants, payload: Payload, dry: bool = False
+    ) -> None:
+        self.graph = graph
+        self.shared = shared
+        self.names = shared.names
+        self.payload = payload
+        self.nodes: list[ir.Node] = []
+        self.stored: list[ir.Value] = []
+        # A dry run builds nothing into the graph; it adds up what the file would gain.
+        self.dry = dry
+        self.bytes = 0
+        self._dry_shared: set[str] = set()
+
+    def init(self, suffix: str, array: np.ndarray | ir.TensorProtocol) -> ir.Value:
+        name = f"{self.payload.name}.{suffix}"
+        if self.dry:
+            tensor = array if isinstance(array, ir.TensorProtocol) else ir.Tensor(array)
+            self.bytes += int(tensor.nbytes) + len(name) + 8 + 3 * len(tensor.shape)
+            value = ir.Value(name=name, const_value=tensor)
+        else:
+            value = _initializer(self.graph, self.names.fresh(name), array)
+        self.stored.append(value)
+        return value
+
+    def const(self, key: str, array: np.ndarray) -> ir.Value:
+        if not self.dry:
+            return self.shared.get(self.graph, key, array)
+        if not self.shared.has(self.graph, key) and key not in self._dry_shared:
+            self._dry_shared.add(key)
+            self.bytes += int(array.nbytes) + len(key) + 40
+        return ir.Value(name=f"pq_{key}", const_value=ir.Tensor(array))
+
+    def node(self, op: str, inputs: Sequence[ir.Value], **attrs: int | str | list[int]) -> ir.Value:
+        # Decoder intermediates get short names: in a small model their bytes count.
+        name = "pq00" if self.dry else self.names.fresh("pq", numbered=True)
+        out = ir.Value(name=name)
+        attributes = [ir.convenience.convert_attribute(k, v) for k, v in attrs.items()]
+        node = ir.Node("", op, list(inputs), attributes=attributes, outputs=[out])
+        if self.dry:
+            self.bytes += ir.serde.serialize_node(node).ByteSize() + 2
+        else:
+            self.nodes.append(node)
+        return out
+
+    def finish(self, weight: ir.Value, decoded: ir.Value, encoding: str) -> EncodedWeight:
+        """Tag the main initializer, insert the nodes, and replace the float weight."""
+        p = self.payload
+        main = self.stored[0].const_value
+        assert main is not None
+        main.metadata_props[META_KEY] = json.dumps(
+            {"encoding": encoding, "weight": p.name, "bits": p.bits, "axis": p.axis},
+            separators=(",", ":"),
+        )
+        if len(self.graph):
+            self.graph.insert_before(self.graph[0], self.nodes)
+        else:
+            self.graph.extend(self.nodes)
+        for node in self.nodes:
+            node.name = ""  # the graph names inserted nodes; decoder nodes need none
+        weight.replace_all_uses_with(decoded)
+        self.graph.initializers.pop(p.name)
+        decoded.name = p.name
+        decoded.type = ir.TensorType(p.dtype)
+        decoded.shape = ir.Shape(p.shape)
+        stored = sum(int(v.const_value.nbytes) for v in self.stored if v.const_value is not None)
+        return EncodedWeight(p.name, encoding, p.bits, p.axis, p.shape, stored)
+
+
+@dataclass(frozen=True)
+class EncodedWeight:
+    """A weight written (or found) in encoded form."""
+
+    name: str
+    encoding: str
+    bits: int | None
+    axis: int | None
+    shape: tuple[int, ...]
+    stored_bytes: int
+    parts: tuple[str, ...] = ()
+
+
+def _plane_width(bits: int) -> int:
+    return 2 if bits <= 2 else 4
+
+
+def _unpack_planes(
+    b: DecodeBuilder, packed: ir.Value, width: int, shape: tuple[int, ...] | None = None
+) -> ir.Value:
+    """Decoder of :func:`pack_planar`: uint8 planes -> uint8 values of ``shape``.
+
+    ``shape`` defaults to the weight's; a flat ``(count,)`` shape gives flat values.
+    """
+    shape = b.payload.shape if shape is None else shape
+    k = 8 // width
+    planes = []
+    for i in range(k):
+        x = packed
+        if i:
+            step = 1 << (i * width)
+            x = b.node("Div", [x, b.const(f"u8_{step}", np.array(step, np.uint8))])
+        if i < k - 1:
+            x = b.node("Mod", [x, b.const(f"u8_{1 << width}", np.array(1 << width, np.uint8))])
+        planes.append(x)
+    values = b.node("Concat", planes, axis=0)
+    if shape[0] % k == 0 and _dims(packed) == (shape[0] // k, *shape[1:]):
+        return values  # planes cut along axis 0: the Concat has the values' shape
+    size = math.prod(shape)
+    if k * _dims(packed)[0] != size:
+        count = b.init("count", np.array([size], np.int64))
+        values = b.node("Slice", [values, b.const("i64_0", np.array([0], np.int64)), count])
+    return values if len(shape) == 1 else _reshape(b, values)
+
+
+def _scale(b: DecodeBuilder) -> ir.Value:
+    """The per-channel scale initializer, cast to the weight's dtype if stored smaller."""
+    p = b.payload
+    assert p.scale is not None
+    scale = b.init("s", p.scale)
+    if p.scale.dtype != p.dtype.numpy():
+        scale = b.node("Cast", [scale], to=p.dtype.value)
+    return scale
+
+
+def _dims(value: ir.Value) -> tuple[int, ...]:
+    assert value.const_value is not None
+    return tuple(int(d) for d in value.const_value.shape.numpy())
+
+
+def _length(value: ir.Value) -> int:
+    return _dims(value)[0]
+
+
+def _reshape(b: DecodeBuilder, x: ir.Value) -> ir.Value:
+    return b.node("Reshape", [x, b.init("shape", np.array(b.payload.shape, np.int64))])
+
+
+class Encoding:
+    """One way of writing a payload. Subclasses set the class attributes."""
+
+    name = ""
+    kind = "uniform"
+    min_opset = 7
+    max_bits = 8
+
+    def applies(self, p: Payload, opset: int) -> bool:
+        return p.kind == self.kind and opset >= self.min_opset and p.bits <= self.max_bits
+
+    def worth_trying(self, p: Payload) -> bool:
+        """A cheap check that this encoding could beat the dense ones (default: yes)."""
+        return True
+
+    def cost(self, graph: ir.Graph, p: Payload, shared: SharedConstants) -> int:
+        """Bytes this encoding would add to the file, measured by a dry-run build."""
+        b = DecodeBuilder(graph, shared, p, dry=True)
+        self.build(b)
+        return b.bytes
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        raise NotImplementedError
 
     def encode(
-        self,
-        graph: ir.Graph,
-        weight: ir.Value,
-        codes: np.ndarray,
-        scale: np.ndarray,
-        bits: int,
-        axis: int,
-        names: NameAuthority,
+        self, graph: ir.Graph, weight: ir.Value, p: Payload, shared: SharedConstants
     ) -> EncodedWeight:
-        """Replace the float initializer ``weight`` in ``graph`` by its encoded form.
+        b = DecodeBuilder(graph, shared, p)
+        return b.finish(weight, self.build(b), self.name)
 
-        The decoded value takes the weight's name, so consumers (also inside
-        subgraphs) keep reading the same name; the float initializer is removed.
-        """
-        name = weight.name or names.fresh("weight")
-        dtype = weight.const_value.dtype if weight.const_value is not None else ir.DataType.FLOAT
-        shape = tuple(int(d) for d in codes.shape)
-        codes_v = _initializer(graph, names.fresh(f"{name}_quantized"), codes)
-        codes_v.const_value.metadata_props.update(  # type: ignore[union-attr]
-            {META_BITS: str(bits), META_AXIS: str(axis)}
+
+class Int8(Encoding):
+    name, min_opset = "int8", 7
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        codes = b.init("q", p.codes)  # type: ignore[arg-type]
+        scale = _scale(b)
+        return b.node("Mul", [b.node("Cast", [codes], to=p.dtype.value), scale])
+
+
+class NativeInt(Encoding):
+    """INT4/INT2 initializers (two or four codes per byte), cast at load."""
+
+    def __init__(self, bits: int) -> None:
+        self.max_bits = bits
+        self.name = f"int{bits}"
+        self.min_opset = 21 if bits == 4 else 25
+        self._np = ml_dtypes.int4 if bits == 4 else ml_dtypes.int2
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        codes = b.init("q", p.codes.astype(self._np))  # type: ignore[union-attr]
+        scale = _scale(b)
+        return b.node("Mul", [b.node("Cast", [codes], to=p.dtype.value), scale])
+
+
+class PackedUint(Encoding):
+    """Offset codes packed in uint8 planes, unpacked with integer Div/Mod (any opset >= 11)."""
+
+    min_opset = 11
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.max_bits = width
+        self.name = f"packed{width}"
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        offset = 1 << (self.width - 1)
+        unsigned = (p.codes.astype(np.int16) + offset).astype(np.uint8)  # type: ignore[union-attr]
+        packed = b.init("q", pack_planar(unsigned, self.width))
+        scale = _scale(b)
+        floats = b.node("Cast", [_unpack_planes(b, packed, self.width)], to=p.dtype.value)
+        shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
+        return b.node("Mul", [b.node("Sub", [floats, shift]), scale])
+
+
+# Row v holds the four bits of nibble v, lowest first: Gather(table, nibbles) unpacks a mask.
+_NIBBLE_BITS = ((np.arange(16)[:, None] >> np.arange(4)) & 1).astype(np.uint8)
+
+
+class SparseBitmask(Encoding):
+    """A bitmask of the non-zeros plus their codes: the zeros of a pruned tensor cost one bit.
+
+    The mask is stored as nibbles (four mask bits each) packed two per byte.
+    Decode: nibbles unpacked by Div/Mod, bits = Gather(16x4 bit table, nibbles)
+    flattened, the position of each non-zero is CumSum(bits) * bits, and
+    codes = Gather([0, non-zero codes...], position).
+    The non-zero codes are int8, or (``width`` 4) offset nibbles packed in planes.
+    """
+
+    min_opset = 11
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.max_bits = width
+        self.name = "sparse" if width == 8 else f"sparse{width}"
+
+    def worth_trying(self, p: Payload) -> bool:
+        # mask (1 bit) + non-zeros (width bits) must undercut dense codes of that width
+        nnz = int(np.count_nonzero(p.codes)) if p.codes is not None else p.size
+        return p.size + nnz * self.width < p.size * self.width
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        flat = p.codes.reshape(-1)  # type: ignore[union-attr]
+        nonzero = flat != 0
+        nibbles = np.zeros(-(-flat.size // 4) * 4, np.uint8)
+        nibbles[: flat.size] = nonzero
+        nibbles = nibbles.reshape(-1, 4) @ np.array([1, 2, 4, 8], np.uint8)  # 4 mask bits each
+        mask = b.init("mask", pack_planar(nibbles.astype(np.uint8), 4))
+        nz = np.concatenate([np.zeros(1, np.int8), flat[nonzero]])
+        offset = 0
+        if self.width == 8:
+            values = b.init("nz", nz)
+        else:
+            offset = 1 << (self.width - 1)
+            unsigned = (nz.astype(np.int16) + offset).astype(np.uint8)
+            packed = b.init("nz", pack_planar(unsigned, self.width))
+            values = _unpack_planes(b, packed, self.width, (nz.size,))
+        scale = _scale(b)
+        nibble_idx = b.node(
+            "Cast", [_unpack_planes(b, mask, 4, (nibbles.size,))], to=ir.DataType.INT32.value
         )
-        scale_v = _initializer(graph, names.fresh(f"{name}_scale"), scale)
-        cast = ir.Node(
-            "",
-            "Cast",
-            [codes_v],
-            attributes=[ir.AttrInt64("to", dtype.value)],
-            outputs=[ir.Value(name=names.fresh(f"{name}_cast"))],
-            name=names.fresh(f"{name}_dequantize_cast"),
-        )
-        decoded = ir.Value(name=names.fresh(f"{name}_decoded"))
-        mul = ir.Node(
-            "",
-            "Mul",
-            [cast.outputs[0], scale_v],
-            outputs=[decoded],
-            name=names.fresh(f"{name}_dequantize_mul"),
-        )
-        cast.outputs[0].type = ir.TensorType(dtype)
-        cast.outputs[0].shape = ir.Shape(shape)
-        decoded.type = ir.TensorType(dtype)
-        decoded.shape = ir.Shape(shape)
-        _prepend(graph, (cast, mul))
-        weight.replace_all_uses_with(decoded)
-        graph.initializers.pop(name)
-        decoded.name = name
-        return EncodedWeight(name, self.name, bits, axis, shape, codes_v, scale_v)
-
-    def recognize(self, value: ir.Value) -> EncodedWeight | None:
-        """The encoded weight that ``value`` is the decoded form of, if it is one."""
-        mul = value.producer()
-        if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
-            return None
-        if len(mul.inputs) != 2 or mul.inputs[0] is None or mul.inputs[1] is None:
-            return None
-        cast = mul.inputs[0].producer()
-        scale_v = mul.inputs[1]
-        if cast is None or cast.op_type != "Cast" or scale_v.const_value is None:
-            return None
-        codes_v = cast.inputs[0]
-        if codes_v is None or codes_v.const_value is None:
-            return None
-        if codes_v.const_value.dtype != ir.DataType.INT8:
-            return None
-        meta = codes_v.const_value.metadata_props
-        bits = int(meta[META_BITS]) if meta.get(META_BITS, "").isdigit() else None
-        axis = int(meta[META_AXIS]) if meta.get(META_AXIS, "").isdigit() else None
-        shape = dims(codes_v.const_value)
-        return EncodedWeight(value.name or "", self.name, bits, axis, shape, codes_v, scale_v)
+        bits = b.node("Gather", [b.const("nibble_bits", _NIBBLE_BITS), nibble_idx])
+        bits = b.node("Reshape", [bits, b.const("i64_minus1", np.array([-1], np.int64))])
+        if nibbles.size * 4 != p.size:
+            count = b.init("count", np.array([p.size], np.int64))
+            bits = b.node("Slice", [bits, b.const("i64_0", np.array([0], np.int64)), count])
+        bits = b.node("Cast", [bits], to=ir.DataType.INT32.value)
+        cumsum = b.node("CumSum", [bits, b.const("i32_0", np.array(0, np.int32))])
+        codes = _reshape(b, b.node("Gather", [values, b.node("Mul", [cumsum, bits])]))
+        floats = b.node("Cast", [codes], to=p.dtype.value)
+        if offset:
+            shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
+            floats = b.node("Sub", [floats, shift])
+        return b.node("Mul", [floats, scale])
 
 
-#: The encodings that `inspect` recognises, and the default one for the quantize pass.
-ENCODINGS = (Int8CastMul(),)
-DEFAULT_ENCODING = ENCODINGS[0]
+class Codebook(Encoding):
+    """Indices into a per-tensor codebook: one byte each, or packed at 4/2 bits."""
+
+    kind = "codebook"
+
+    def __init__(self, width: int, native: bool) -> None:
+        self.width = width
+        self.native = native
+        self.max_bits = width
+        if width == 8:
+            self.name, self.min_opset = "codebook", 7
+        elif native:
+            self.name = f"codebook{width}"
+            self.min_opset = 21 if width == 4 else 25
+        else:
+            self.name, self.min_opset = f"codebook-packed{width}", 11
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        assert p.indices is not None and p.codebook is not None
+        if self.width == 8:
+            idx = b.init("idx", p.indices)
+        elif self.native:
+            idx = b.init(
+                "idx", p.indices.astype(ml_dtypes.uint4 if self.width == 4 else ml_dtypes.uint2)
+            )
+        else:
+            idx = b.init("idx", pack_planar(p.indices, self.width))
+        book = b.init("codebook", p.codebook)
+        if not self.native and self.width < 8:
+            idx = _unpack_planes(b, idx, self.width)
+        return b.node("Gather", [book, b.node("Cast", [idx], to=ir.DataType.INT32.value)])
+
+
+class Float16(Encoding):
+    name, kind, min_opset, max_bits = "float16", "float16", 7, 16
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        return b.node("Cast", [b.init("f16", p.half)], to=p.dtype.value)  # type: ignore[arg-type]
+
+
+class DequantizeLinear(Encoding):
+    """Kept quantized in memory: onnxruntime fuses it into its low-bit kernels (MatMul)."""
+
+    def __init__(self, bits: int) -> None:
+        self.max_bits = bits
+        self.name = f"dq-int{bits}"
+        self.min_opset = 13 if bits == 8 else 21
+
+    def applies(self, p: Payload, opset: int) -> bool:
+        return super().applies(p, opset) and p.dtype == ir.DataType.FLOAT
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        assert p.codes is not None and p.scale is not None
+        codes = p.codes if self.max_bits == 8 else p.codes.astype(ml_dtypes.int4)
+        q = b.init("q", codes)
+        scale = b.init("s", p.scale.reshape(-1).astype(np.float32))
+        axis = p.axis if len(p.shape) > 1 else 0
+        return b.node("DequantizeLinear", [q, scale], axis=axis)
+
+
+UNIFORM = (
+    Int8(),
+    NativeInt(4),
+    NativeInt(2),
+    PackedUint(4),
+    PackedUint(2),
+    SparseBitmask(8),
+    SparseBitmask(4),
+)
+CODEBOOK = (
+    Codebook(8, False),
+    Codebook(4, True),
+    Codebook(2, True),
+    Codebook(4, False),
+    Codebook(2, False),
+)
+FLOAT16 = (Float16(),)
+KEEP_QUANTIZED = (DequantizeLinear(8), DequantizeLinear(4))
+ALL = (*UNIFORM, *CODEBOOK, *FLOAT16, *KEEP_QUANTIZED)
+BY_NAME = {e.name: e for e in ALL}
+
+#: What ``--format`` can ask for, and the encodings each choice may use.
+FORMATS: dict[str, tuple[Encoding, ...]] = {
+    "auto": (*UNIFORM, *CODEBOOK, *FLOAT16),
+    "dense": (
+        Int8(),
+        NativeInt(4),
+        NativeInt(2),
+        PackedUint(4),
+        PackedUint(2),
+        *CODEBOOK,
+        *FLOAT16,
+    ),
+    "int8": (Int8(), Codebook(8, False), *FLOAT16),
+    "sparse": (SparseBitmask(8), SparseBitmask(4)),
+}
+
+
+def choose(
+    p: Payload,
+    opset: int,
+    candidates: Sequence[Encoding],
+    graph: ir.Graph,
+    shared: SharedConstants,
+) -> Encoding | None:
+    """The applicable encoding that adds the fewest bytes for ``p`` (first wins ties)."""
+    usable = [e for e in candidates if e.applies(p, opset) and e.worth_trying(p)]
+    if len(usable) <= 1:
+        return usable[0] if usable else None
+    return min(usable, key=lambda e: e.cost(graph, p, shared))
 
 
 def describe_encoding(encoding: str, bits: int | None) -> str:
-    """Short label of an encoding for tables: 'int8 ×scale (4-bit codes)', 'float'."""
-    label = {"int8_cast_mul": "int8 ×scale"}.get(encoding, encoding)
-    return label if bits is None else f"{label} ({bits}-bit codes)"
-
-
-def recognize(value: ir.Value) -> EncodedWeight | None:
-    """The encoded weight behind ``value``, by any known encoding."""
-    for enc in ENCODINGS:
-        found = enc.recognize(value)
-        if found is not None:
-            return found
-    return None
+    """Short label for tables: 'int8 ×scale (4-bit codes)', 'float'."""
+    label = {
+        "int8": "int8 ×scale",
+        "int4": "int4 ×scale",
+        "int2": "int2 ×scale",
+        "packed4": "4-bit packed ×scale",
+        "packed2": "2-bit packed ×scale",
+        "sparse": "bitmask + int8 ×scale",
+        "sparse4": "bitmask + 4-bit packed ×scale",
+        "codebook": "codebook, uint8 index",
+        "codebook4": "codebook, uint4 index",
+        "codebook2": "codebook, uint2 index",
+        "codebook-packed4": "codebook, 4-bit packed index",
+        "codebook-packed2": "codebook, 2-bit packed index",
+        "float16": "float16",
+        "dq-int8": "DequantizeLinear int8",
+        "dq-int4": "DequantizeLinear int4",
+    }.get(encoding, encoding)
+    return label if bits is None or encoding == "float16" else f"{label} ({bits}-bit codes)"

@@ -13,7 +13,7 @@ import onnx_ir as ir
 from rich.console import Console
 from rich.table import Table
 
-from prunequant_cli.encodings import EncodedWeight, describe_encoding, recognize
+from prunequant_cli.encodings import META_SHARED, describe_encoding, read_meta
 from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, fmt_bytes
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
 
@@ -70,6 +70,7 @@ class Inspection:
     outputs: list[tuple[str, str, str]]
     ops: dict[str, int]
     tensors: list[TensorInfo] = field(default_factory=list)
+    shared_bytes: int = 0  # decoder constants shared by several weights (lookup tables)
 
     @property
     def summary(self) -> ModelSummary:
@@ -94,7 +95,8 @@ class Inspection:
             "ops": self.ops,
             "totals": {
                 **self.summary.to_dict(),
-                "tensor_bytes": sum(t.stored_bytes for t in self.tensors),
+                "tensor_bytes": sum(t.stored_bytes for t in self.tensors) + self.shared_bytes,
+                "shared_decoder_bytes": self.shared_bytes,
                 "weight_bytes": sum(t.stored_bytes for t in self.tensors if t.is_weight),
             },
             "tensors": [t.to_dict() for t in self.tensors],
@@ -115,40 +117,129 @@ def _type_str(value: ir.Value) -> tuple[str, str]:
     return dtype, shape
 
 
+def _nbytes(value: ir.Value) -> int:
+    return 0 if value.const_value is None else int(value.const_value.nbytes)
+
+
+def _dtype_code(value: ir.Value) -> int:
+    return (value.dtype or ir.DataType.FLOAT).value
+
+
+@dataclass
+class _Found:
+    graph: ir.Graph
+    decoded: ir.Value
+    nodes: list[ir.Node]
+    stored: list[ir.Value]
+    shared: list[ir.Value]
+    meta: dict[str, object]
+
+
+def _decoder_cone(value: ir.Value) -> tuple[list[ir.Node], list[ir.Value]] | None:
+    """The nodes and initializers that compute ``value`` from constants only, or None."""
+    nodes: list[ir.Node] = []
+    inits: list[ir.Value] = []
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.const_value is not None and v.producer() is None:
+            inits.append(v)
+            continue
+        node = v.producer()
+        if node is None or any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()
+        ):
+            return None  # fed by a graph input or a control-flow op: not a decoder
+        nodes.append(node)
+        stack.extend(i for i in node.inputs if i is not None)
+    return nodes, inits
+
+
+def _find_encoded(model: ir.Model) -> list[_Found]:
+    found = []
+    for graph in model.graphs():
+        outputs = {o.name: o for node in graph for o in node.outputs if o.name}
+        for value in list(graph.initializers.values()):
+            meta = read_meta(value.const_value)
+            decoded = None if meta is None else outputs.get(str(meta["weight"]))
+            if meta is None or decoded is None:
+                continue
+            cone = _decoder_cone(decoded)
+            if cone is None:
+                continue
+            nodes, inits = cone
+            shared = [v for v in inits if v.const_value.metadata_props.get(META_SHARED)]  # type: ignore[union-attr]
+            stored = [v for v in inits if v not in shared]
+            found.append(_Found(graph, decoded, nodes, stored, shared, meta))
+    return found
+
+
+def _decode_in_onnxruntime(model: ir.Model, f: _Found) -> np.ndarray:
+    """Run a decoder alone in onnxruntime: what the session will see as the weight."""
+    import onnx
+    import onnxruntime as ort
+
+    order = {id(n): i for i, n in enumerate(f.graph)}
+    nodes = sorted(f.nodes, key=lambda n: order.get(id(n), 0))
+    graph = onnx.helper.make_graph(
+        [ir.serde.serialize_node(n) for n in nodes],
+        "decode",
+        [],
+        [onnx.helper.make_tensor_value_info(f.decoded.name or "", _dtype_code(f.decoded), None)],
+        initializer=[ir.serde.serialize_tensor(v.const_value) for v in (*f.stored, *f.shared)],  # type: ignore[arg-type]
+    )
+    for init, v in zip(graph.initializer, (*f.stored, *f.shared), strict=True):
+        init.name = v.name
+    proto = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()],
+        ir_version=model.ir_version,
+    )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {})[0]
+
+
 def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection:
     """Inspect a loaded model; tensor data is read one tensor at a time."""
     sites, _ = select_weights(model)
     weight_axis = {s.name: s.axis for s in sites}
     ops: Counter[str] = Counter()
-    encoded: list[tuple[ir.Graph, EncodedWeight]] = []
     for graph in model.graphs():
         for node in graph:
             ops[
                 node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
             ] += 1
-            if node.op_type == "Mul" and node.outputs:
-                found = recognize(node.outputs[0])
-                if found is not None:
-                    encoded.append((graph, found))
-    parts = {v.name for _, e in encoded for v in (e.codes, e.scale)}
+    encoded = _find_encoded(model)
+    parts = {v.name for f in encoded for v in (*f.stored, *f.shared)}
 
     tensors: list[TensorInfo] = []
-    for graph, e in encoded:
-        codes = e.codes.const_value.numpy()  # type: ignore[union-attr]
+    for f in encoded:
+        decoded = _decode_in_onnxruntime(model, f)
+        axis = f.meta.get("axis")
+        bits = f.meta.get("bits")
+        axis = axis if isinstance(axis, int) else None
+        bits = bits if isinstance(bits, int) else None
         tensors.append(
             TensorInfo(
-                name=e.name,
-                graph=graph.name or "",
-                shape=e.shape,
-                dtype=(e.scale.dtype.name.lower() if e.scale.dtype else "float"),
-                stored_bytes=e.stored_bytes,
-                zeros=int(codes.size - np.count_nonzero(codes)),
+                name=f.decoded.name or "",
+                graph=f.graph.name or "",
+                shape=tuple(int(d) for d in decoded.shape),
+                dtype=str(decoded.dtype) if decoded.dtype != np.float32 else "float",
+                stored_bytes=sum(_nbytes(v) for v in f.stored),
+                zeros=int(decoded.size - np.count_nonzero(decoded)),
                 is_weight=True,
-                encoding=e.encoding,
-                bits=e.bits,
-                axis=e.axis,
-                zero_rows=_zero_rows(codes, e.axis),
-                parts=(e.codes.name or "", e.scale.name or ""),
+                encoding=str(f.meta.get("encoding")),
+                bits=bits,
+                axis=axis,
+                zero_rows=_zero_rows(decoded, axis),
+                parts=tuple(v.name or "" for v in f.stored),
             )
         )
     for graph in model.graphs():
@@ -176,12 +267,7 @@ def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection
     position = {
         id(node): i for i, node in enumerate(ir.traversal.RecursiveGraphIterator(model.graph))
     }
-    values = {e.name: e.codes for _, e in encoded}
-    for graph in model.graphs():
-        for node in graph:
-            for out in node.outputs:
-                if out.name in values:
-                    values[out.name] = out
+    values = {f.decoded.name: f.decoded for f in encoded}
 
     def first_use(t: TensorInfo) -> int:
         value = values.get(t.name)
@@ -203,6 +289,9 @@ def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection
         outputs=[(v.name or "", *_type_str(v)) for v in model.graph.outputs],
         ops=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         tensors=tensors,
+        shared_bytes=sum(
+            _nbytes(v) for v in {id(v): v for f in encoded for v in f.shared}.values()
+        ),
     )
 
 
@@ -252,5 +341,5 @@ def render_inspection(info: Inspection, console: Console) -> None:
     console.print(
         f"totals: {s.parameters:,} parameters ({s.nonzero_parameters:,} non-zero), "
         f"{s.weights} weight tensors in {fmt_bytes(weight_bytes)}, "
-        f"{fmt_bytes(sum(t.stored_bytes for t in info.tensors))} of tensor data"
+        f"{fmt_bytes(sum(t.stored_bytes for t in info.tensors) + info.shared_bytes)} of tensor data"
     )

@@ -335,19 +335,35 @@ def check_output_target(input_path: Path | None, output: Path, input_data: set[P
                 )
 
 
-def _save_embedded(model: ir.Model, path: Path) -> None:
-    """Write a single-file model without building it in memory.
+def _tidy(proto: onnx.ModelProto) -> bytes:
+    """Drop value_info entries that repeat an initializer's own type and shape."""
+    for graph in _graph_protos(proto.graph):
+        names = {t.name for t in graph.initializer}
+        keep = [v for v in graph.value_info if v.name not in names]
+        if len(keep) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(keep)
+    return proto.SerializeToString()
 
-    ``ir.save`` would first build the whole protobuf and then its serialized copy
-    (twice the output's size). Instead the large tensors go to a scratch data file,
-    and the final file is assembled from the small skeleton, streaming each
+
+def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
+    """Write ``model`` at ``path`` (with its large tensors in ``data_name`` beside it, if given).
+
+    ``ir.save`` of a single file would first build the whole protobuf and then its
+    serialized copy (twice the output's size). Instead the large tensors always go
+    to a data file first and the model file is a small skeleton; for a single-file
+    model the final file is then assembled from the skeleton, streaming each
     tensor's bytes in as its ``raw_data``.
     """
-    scratch_name = path.name + ".scratch"
+    scratch_name = data_name or path.name + ".scratch"
     scratch = path.parent / scratch_name
     skeleton_path = path.parent / (path.name + ".skeleton")
     ir.save(model, skeleton_path, external_data=scratch_name, size_threshold_bytes=LAZY_MIN_BYTES)
-    buf = skeleton_path.read_bytes()
+    buf = _tidy(onnx.ModelProto.FromString(skeleton_path.read_bytes()))
+    skeleton_path.unlink()
+    if data_name is not None:
+        path.write_bytes(buf)
+        return
     pieces: list[bytes | tuple[int, int]] = []  # bytes, or (offset, length) in the scratch file
 
     def size(items: list[bytes | tuple[int, int]]) -> int:
@@ -400,7 +416,6 @@ def _save_embedded(model: ir.Model, path: Path) -> None:
                 out.write(chunk)
                 left -= len(chunk)
     scratch.unlink(missing_ok=True)
-    skeleton_path.unlink()
 
 
 def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]:
@@ -418,10 +433,10 @@ def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]
         staged = tmp / output.name
         written = [output]
         if external_data:
-            ir.save(model, staged, external_data=data_file_name(output))
+            _write(model, staged, data_file_name(output))
             written.insert(0, parent / data_file_name(output))
         else:
-            _save_embedded(model, staged)
+            _write(model, staged, None)
         for final in written:
             with open(tmp / final.name, "rb+") as f:
                 os.fsync(f.fileno())

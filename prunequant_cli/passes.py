@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from prunequant_cli import pruning, quantization
+from prunequant_cli import encodings, pruning, quantization
 from prunequant_cli.config import CompressConfig
-from prunequant_cli.encodings import DEFAULT_ENCODING, Int8CastMul, NameAuthority
+from prunequant_cli.encodings import Payload
 from prunequant_cli.report import TensorRecord
 from prunequant_cli.selection import WeightSite, dims
 
@@ -106,51 +106,89 @@ class PrunePass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+def make_payload(w: np.ndarray, site: WeightSite, config: CompressConfig, pruned: bool) -> Payload:
+    """Quantize one weight: uniform codes and scales, a codebook, or float16 values."""
+    dtype = site.value.const_value.dtype  # type: ignore[union-attr]
+    bits = config.bits or 8
+    p = Payload(site.name, tuple(int(d) for d in w.shape), dtype, site.axis, bits)
+    if bits == 16:
+        p.half = w.astype(np.float16)
+    elif config.quant == "codebook":
+        p.codebook, p.indices = quantization.kmeans_codebook(w, 1 << bits, keep_zero=pruned)
+    else:
+        scale = quantization.per_channel_scale(w, site.axis, bits)
+        if bits <= 4 and dtype != ir.DataType.FLOAT16:
+            # Few levels: a float16 scale (rounded up, so nothing clips) costs no accuracy
+            # and halves the scale bytes, which matter in small layers.
+            scale = quantization.half_scale(scale)
+        p.scale = scale
+        p.codes = quantization.quantize(w, scale.astype(w.dtype), bits)
+    return p
+
+
 class QuantizePass(ir.passes.InPlacePass):
-    """Symmetric per-output-channel integer codes, written with an encoding."""
+    """Quantize each weight and write it with the smallest encoding the model's opset allows."""
 
     def __init__(
         self,
         sites: Sequence[WeightSite],
         config: CompressConfig,
         records: dict[str, TensorRecord],
-        encoding: Int8CastMul = DEFAULT_ENCODING,
     ) -> None:
         super().__init__()
         self.sites = sites
         self.config = config
         self.records = records
-        self.encoding = encoding
+
+    def candidates(self) -> tuple[encodings.Encoding, ...]:
+        if self.config.keep_quantized:
+            return encodings.KEEP_QUANTIZED
+        return encodings.FORMATS[self.config.format]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        bits = self.config.bits
-        if bits is None:
+        if self.config.bits is None:
             return ir.passes.PassResult(model, modified=False)
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        names = NameAuthority(model)
+        shared = encodings.SharedConstants(encodings.NameAuthority(model))
+        candidates = self.candidates()
         modified = False
         for site in self.sites:
             record = self.records[site.name]
-            if opset < self.encoding.min_opset:
-                record.note = f"opset {opset} < {self.encoding.min_opset}: not quantized"
-                continue
             tensor = site.value.const_value
             assert tensor is not None
             w = tensor.numpy()
             if not np.isfinite(w).all():
                 record.note = "non-finite values: not quantized"
                 continue
-            scale = quantization.per_channel_scale(w, site.axis, bits)
-            codes = quantization.quantize(w, scale, bits)
-            error = np.abs(quantization.dequantize(codes, scale) - w)
+            payload = make_payload(w, site, self.config, pruned=record.prune_method is not None)
+            encoding = encodings.choose(payload, opset, candidates, site.graph, shared)
+            if encoding is None:
+                record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
+                continue
+            error = np.abs(payload.decode() - w)
             record.max_abs_error = float(error.max()) if error.size else 0.0
             del error, w
-            encoded = self.encoding.encode(
-                site.graph, site.value, codes, scale, bits, site.axis, names
-            )
-            record.zeros_after = _zeros(codes)
-            record.bits = bits
+            encoded = encoding.encode(site.graph, site.value, payload, shared)
+            site.value.const_value = None  # the float source is no longer needed
+            record.zeros_after = payload.zeros()
+            record.bits = payload.bits
             record.encoding = encoded.encoding
             record.stored_bytes = encoded.stored_bytes
             modified = True
         return ir.passes.PassResult(model, modified=modified)
+
+
+class RemoveUnusedInitializersPass(ir.passes.InPlacePass):
+    """Drop initializers that nothing reads (dead weights) from every graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed: list[str] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for graph in model.graphs():
+            for name, value in list(graph.initializers.items()):
+                if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+                    del graph.initializers[name]
+                    self.removed.append(name)
+        return ir.passes.PassResult(model, modified=bool(self.removed))

@@ -13,7 +13,6 @@ import onnx
 import onnx_ir as ir
 
 from prunequant_cli.config import CompressConfig, EvalConfig
-from prunequant_cli.encodings import DEFAULT_ENCODING
 from prunequant_cli.errors import EvaluationError, UnsupportedModelError
 from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
@@ -23,11 +22,19 @@ from prunequant_cli.model_io import (
     needs_external_data,
     save_model,
 )
-from prunequant_cli.passes import PrunePass, QuantizePass, ReleaseInitializerInputsPass
+from prunequant_cli.passes import (
+    PrunePass,
+    QuantizePass,
+    ReleaseInitializerInputsPass,
+    RemoveUnusedInitializersPass,
+)
 from prunequant_cli.report import CompressReport, ModelSummary, TensorRecord
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
 
 ModelInput = str | Path | onnx.ModelProto | ir.Model
+
+# Cast and numpy-style broadcasting Mul, which every decoder uses.
+MIN_OPSET = 7
 
 
 def _versions() -> dict[str, str]:
@@ -115,10 +122,10 @@ def compress(
     original, zeros = _float_summary(ir_model, in_bytes)
 
     opset = ir_model.opset_imports.get("", ir_model.opset_imports.get("ai.onnx", 0))
-    if config.bits is not None and opset < DEFAULT_ENCODING.min_opset:
+    if config.bits is not None and opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"the model uses ONNX opset {opset}; quantized weights need opset "
-            f">= {DEFAULT_ENCODING.min_opset} (convert it with onnx.version_converter first)"
+            f">= {MIN_OPSET} (convert it with onnx.version_converter first)"
         )
     notes = []
     release = ReleaseInitializerInputsPass()
@@ -144,9 +151,12 @@ def compress(
         )
         for s in sites
     }
+    cleanup = RemoveUnusedInitializersPass()
     ir.passes.PassManager(
-        [PrunePass(sites, config, records), QuantizePass(sites, config, records)]
+        [PrunePass(sites, config, records), QuantizePass(sites, config, records), cleanup]
     )(ir_model)
+    if cleanup.removed:
+        notes.append(f"removed {len(cleanup.removed)} initializer(s) that nothing reads")
 
     heavy = [r for r in records.values() if 2 * r.rows_pruned > r.rows]
     if config.threshold is not None and heavy:
@@ -193,7 +203,10 @@ def compress(
             "sparsity": config.sparsity,
             "prune_method": config.prune_method,
             "bits": config.bits,
-            "granularity": "per_channel",
+            "quant": config.quant if config.bits not in (None, 16) else None,
+            "format": config.format,
+            "keep_quantized": config.keep_quantized,
+            "granularity": "per_channel" if config.quant == "uniform" else "per_tensor",
             "exclude": list(config.exclude),
         },
         tensors=list(records.values()),

@@ -39,6 +39,22 @@ def per_channel_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     return scale.astype(w.dtype)
 
 
+def half_scale(scale: np.ndarray) -> np.ndarray:
+    """``scale`` as float16, rounded up, if every value fits in float16; else unchanged.
+
+    Rounding up keeps ``max |w| / scale <= qmax``, so quantizing with the float16
+    scale clips nothing and the error bound (half a step of the stored scale)
+    still holds exactly. Tiny scales become float16 subnormals: a slightly
+    coarser step for channels whose weights are all close to zero.
+    """
+    if not np.all(scale <= np.finfo(np.float16).max):
+        return scale
+    half = scale.astype(np.float16)
+    low = half.astype(scale.dtype) < scale
+    half[low] = np.nextafter(half[low], np.float16(np.inf))
+    return half
+
+
 def quantize(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     """Integer codes of ``w`` (int8, within [-qmax, qmax])."""
     m = qmax(bits)
@@ -51,3 +67,82 @@ def quantize(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
 def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """The float weights that the codes stand for, as the decoder computes them."""
     return codes.astype(scale.dtype) * scale
+
+
+def pack_planar(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned ``bits``-bit values (bits in 1, 2, 4) into bytes, planar.
+
+    The values are cut along axis 0 into ``k = 8 // bits`` equal planes; byte ``j``
+    of the result holds element ``j`` of plane ``i`` in bits ``i*bits ..``:
+
+        packed[j] = sum_i plane_i[j] << (i * bits)
+
+    so ``Mod(Div(packed, 2**(i*bits)), 2**bits)`` recovers plane ``i`` whole, and
+    concatenating the planes along axis 0 restores the tensor: a decoder needs only
+    elementwise integer ops and one Concat. When axis 0 does not divide into ``k``
+    planes, the values are flattened (and the last plane padded with zeros), and
+    the decoder slices and reshapes.
+    """
+    k = 8 // bits
+    values = np.ascontiguousarray(values, dtype=np.uint8)
+    if values.ndim and values.shape[0] % k == 0:
+        planes = values.reshape(k, values.shape[0] // k, *values.shape[1:])
+    else:
+        flat = values.reshape(-1)
+        m = -(-flat.size // k)  # ceil
+        padded = np.zeros(k * m, dtype=np.uint8)
+        padded[: flat.size] = flat
+        planes = padded.reshape(k, m)
+    packed = np.zeros(planes.shape[1:], dtype=np.uint8)
+    for i in range(k):
+        packed |= planes[i] << np.uint8(i * bits)
+    return packed
+
+
+def unpack_planar(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`pack_planar` for values of ``shape``."""
+    k = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    planes = np.concatenate([(packed >> np.uint8(i * bits)) & mask for i in range(k)])
+    return planes.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+
+
+def kmeans_codebook(w: np.ndarray, levels: int, keep_zero: bool, iterations: int = 25):
+    """A deterministic 1-D k-means codebook for ``w`` and each weight's index.
+
+    Centroids start at evenly spaced quantiles and move by Lloyd iterations; in one
+    dimension the nearest centroid is found by binary search over the midpoints.
+    With ``keep_zero`` (a pruned tensor) entry 0 is exactly 0.0 and holds every
+    zero weight, and the other ``levels - 1`` entries are fitted to the non-zeros.
+
+    Returns:
+        (codebook as w's dtype, indices as uint8 shaped like w)
+    """
+    flat = w.reshape(-1).astype(np.float64)
+    fit = flat[flat != 0] if keep_zero else flat
+    k = levels - 1 if keep_zero else levels
+    centroids = np.zeros(0)
+    if fit.size:
+        centroids = np.unique(np.quantile(fit, (np.arange(k) + 0.5) / k))
+        for _ in range(iterations):
+            edges = (centroids[1:] + centroids[:-1]) / 2
+            assign = np.searchsorted(edges, fit)
+            sums = np.bincount(assign, weights=fit, minlength=centroids.size)
+            counts = np.bincount(assign, minlength=centroids.size)
+            moved = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+            moved = np.unique(moved)
+            if moved.size == centroids.size and np.array_equal(moved, centroids):
+                break
+            centroids = moved
+    book = np.concatenate([[0.0], centroids]) if keep_zero else centroids
+    if book.size == 0:
+        book = np.zeros(1)
+    book = book.astype(w.dtype)
+    # assign every weight (zeros too) to its nearest entry of the final codebook
+    order = np.argsort(book, kind="stable")
+    sorted_book = book[order].astype(np.float64)
+    edges = (sorted_book[1:] + sorted_book[:-1]) / 2
+    idx = order[np.searchsorted(edges, flat)].astype(np.uint8)
+    if keep_zero:
+        idx[flat == 0] = 0
+    return book, idx.reshape(w.shape)

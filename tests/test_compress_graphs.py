@@ -71,7 +71,7 @@ def test_float_weights_are_gone_and_the_rest_is_bit_identical(tmp_path, name):
     weights = {t.name for t in report.tensors}
     for w in weights:
         assert w not in after  # no dead float copy left behind
-        assert after[f"{w}_quantized"].data_type == onnx.TensorProto.INT8
+        assert after[f"{w}.q"].data_type == onnx.TensorProto.INT8
     for keep, proto in before.items():
         if keep not in weights:
             assert after[keep].SerializeToString() == proto.SerializeToString()
@@ -191,7 +191,9 @@ def test_large_tensors_are_streamed_in_and_out(tmp_path, bits):
         w = onnx.numpy_helper.to_array(stored["W"])
         assert np.count_nonzero(w) == w.size - int(0.3 * w.size)
     else:
-        assert stored["W_quantized"].data_type == onnx.TensorProto.INT8
+        assert "W" not in stored
+        assert stored["W.mask"].data_type == onnx.TensorProto.UINT8  # 30% zeros: bitmask wins
+        assert stored["W.nz"].data_type == onnx.TensorProto.INT8
 
 
 def test_failed_write_keeps_the_previous_output_and_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -204,11 +206,11 @@ def test_failed_write_keeps_the_previous_output_and_leaves_nothing_behind(tmp_pa
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous output")
 
-    def full_disk(model, path):
+    def full_disk(model, path, data_name):
         path.write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(model_io, "_save_embedded", full_disk)
+    monkeypatch.setattr(model_io, "_write", full_disk)
     with pytest.raises(OutputError, match="No space left on device"):
         compress(src, out, CompressConfig(bits=8), NO_EVAL)
     assert out.read_bytes() == b"previous output"
