@@ -139,6 +139,7 @@ class SharedConstants:
     """Small constants (scalars, lookup tables) shared by every decoder in a graph."""
 
     names: NameAuthority
+    opset: int
     _cache: dict[tuple[int, str], ir.Value] = field(default_factory=dict)
 
     def has(self, graph: ir.Graph, key: str) -> bool:
@@ -261,14 +262,21 @@ def _unpack_planes(
     """
     shape = b.payload.shape if shape is None else shape
     k = 8 // width
+    # Div and Mod take uint8 from opset 14; before that they work on int32.
+    source: ir.Value = packed
+    dtype: type = np.uint8
+    prefix = "u8"
+    if b.shared.opset < 14:
+        source = b.node("Cast", [packed], to=ir.DataType.INT32.value)
+        dtype, prefix = np.int32, "i32"
     planes = []
     for i in range(k):
-        x = packed
+        x = source
         if i:
             step = 1 << (i * width)
-            x = b.node("Div", [x, b.const(f"u8_{step}", np.array(step, np.uint8))])
+            x = b.node("Div", [x, b.const(f"{prefix}_{step}", np.array(step, dtype))])
         if i < k - 1:
-            x = b.node("Mod", [x, b.const(f"u8_{1 << width}", np.array(1 << width, np.uint8))])
+            x = b.node("Mod", [x, b.const(f"{prefix}_{1 << width}", np.array(1 << width, dtype))])
         planes.append(x)
     values = b.node("Concat", planes, axis=0)
     if shape[0] % k == 0 and _dims(packed) == (shape[0] // k, *shape[1:]):

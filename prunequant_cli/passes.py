@@ -149,7 +149,7 @@ class QuantizePass(ir.passes.InPlacePass):
         if self.config.bits is None:
             return ir.passes.PassResult(model, modified=False)
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        shared = encodings.SharedConstants(encodings.NameAuthority(model))
+        shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
         candidates = self.candidates()
         modified = False
         for site in self.sites:

@@ -1,0 +1,148 @@
+"""Every encoding: what onnxruntime computes is bit-exactly the numpy decode, and it folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from helpers import FLOAT, make_model, tensor
+from onnx import helper
+
+from prunequant_cli import encodings
+from prunequant_cli.config import CompressConfig
+from prunequant_cli.passes import make_payload
+from prunequant_cli.selection import WeightSite
+
+DECODER_OPS = {"Cast", "Mul", "Sub", "Div", "Mod", "Concat", "Slice", "Reshape", "Gather", "CumSum"}
+
+
+def _weight(shape, sparsity, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    w[rng.random(shape) < sparsity] = 0
+    return w
+
+
+def _encoded_model(encoding, shape, bits, quant, opset, sparsity):
+    """x @ W with W written by ``encoding``; the decoded W is also a graph output."""
+    w = _weight(shape, sparsity)
+    proto = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["y"]),
+            helper.make_node("Identity", ["W"], ["w_out"]),
+        ],
+        [("x", FLOAT, [2, shape[0]])],
+        [("y", FLOAT, [2, shape[1]]), ("w_out", FLOAT, list(shape))],
+        [tensor("W", w)],
+        opset=opset,
+        ir_version=10 if opset <= 21 else 11,
+    )
+    model = ir.serde.deserialize_model(proto)
+    value = model.graph.initializers["W"]
+    site = WeightSite(value, model.graph, 1, ("MatMul",))
+    payload = make_payload(w, site, CompressConfig(bits=bits, quant=quant), pruned=sparsity > 0)
+    assert encoding.applies(payload, opset)
+    shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
+    encoding.encode(model.graph, value, payload, shared)
+    return ir.serde.serialize_model(model), payload
+
+
+CASES = [
+    # (encoding, bits, quant, sparsity)
+    ("int8", 8, "uniform", 0.0),
+    ("int8", 3, "uniform", 0.0),
+    ("int4", 4, "uniform", 0.0),
+    ("int2", 2, "uniform", 0.0),
+    ("packed4", 4, "uniform", 0.0),
+    ("packed4", 3, "uniform", 0.0),
+    ("packed2", 2, "uniform", 0.0),
+    ("sparse", 8, "uniform", 0.6),
+    ("sparse4", 4, "uniform", 0.6),
+    ("codebook", 8, "codebook", 0.3),
+    ("codebook4", 4, "codebook", 0.3),
+    ("codebook2", 2, "codebook", 0.0),
+    ("codebook-packed4", 4, "codebook", 0.3),
+    ("codebook-packed2", 2, "codebook", 0.0),
+    ("float16", 16, "uniform", 0.0),
+]
+OPSETS = [11, 13, 17, 21, 25]
+SHAPES = [(16, 6), (15, 7)]  # even rows (planes along axis 0) and odd sizes (flat, sliced)
+
+
+def _params():
+    for name, bits, quant, sparsity in CASES:
+        enc = encodings.BY_NAME[name]
+        for opset in OPSETS:
+            if opset < enc.min_opset:
+                continue
+            for shape in SHAPES:
+                yield pytest.param(
+                    enc,
+                    bits,
+                    quant,
+                    sparsity,
+                    opset,
+                    shape,
+                    id=f"{name}-b{bits}-o{opset}-{shape[0]}x{shape[1]}",
+                )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bits", "quant", "sparsity", "opset", "shape"), list(_params())
+)
+def test_onnxruntime_decodes_bit_exactly_and_folds(
+    tmp_path, encoding, bits, quant, sparsity, opset, shape
+):
+    proto, payload = _encoded_model(encoding, shape, bits, quant, opset, sparsity)
+    onnx.checker.check_model(proto, full_check=True)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, shape[0])).astype(np.float32)
+    y, w_out = sess.run(None, {"x": x})
+    expected = payload.decode()
+    assert w_out.dtype == expected.dtype
+    np.testing.assert_array_equal(w_out, expected)  # bit-exact
+    np.testing.assert_allclose(y, x @ expected, rtol=1e-5, atol=1e-5)
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+    left = [n.op_type for n in optimized.graph.node if n.op_type in DECODER_OPS]
+    assert left == [], f"decoder not folded at load: {left}"
+    assert any(
+        init.data_type == onnx.TensorProto.FLOAT and list(init.dims) == list(shape)
+        for init in optimized.graph.initializer
+    )
+
+
+@pytest.mark.parametrize(("name", "opset"), [("dq-int8", 13), ("dq-int8", 17), ("dq-int4", 21)])
+def test_keep_quantized_stays_quantized_and_decodes_exactly(tmp_path, name, opset):
+    enc = encodings.BY_NAME[name]
+    bits = 8 if name == "dq-int8" else 4
+    proto, payload = _encoded_model(enc, (16, 6), bits, "uniform", opset, 0.0)
+    onnx.checker.check_model(proto, full_check=True)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.ones((2, 16), np.float32)
+    _, w_out = sess.run(None, {"x": x})
+    np.testing.assert_array_equal(w_out, payload.decode())
+    kept = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert "DequantizeLinear" in kept
+
+
+def test_auto_picks_the_smallest_measured_encoding():
+    proto, _ = _encoded_model(encodings.BY_NAME["int8"], (64, 32), 8, "uniform", 17, 0.0)
+    w = _weight((256, 128), 0.7)
+    model = ir.serde.deserialize_model(proto)
+    shared = encodings.SharedConstants(encodings.NameAuthority(model), 17)
+    site = WeightSite(model.graph.initializers["W.q"], model.graph, 1, ("MatMul",))
+    dense = make_payload(_weight((256, 128), 0.0), site, CompressConfig(bits=4), pruned=False)
+    sparse = make_payload(w, site, CompressConfig(bits=4), pruned=True)
+    auto = encodings.FORMATS["auto"]
+    assert encodings.choose(dense, 17, auto, model.graph, shared).name == "packed4"
+    assert encodings.choose(dense, 21, auto, model.graph, shared).name == "int4"
+    assert encodings.choose(sparse, 17, auto, model.graph, shared).name == "sparse4"
+    assert encodings.choose(dense, 7, auto, model.graph, shared).name == "int8"
