@@ -9,6 +9,8 @@ after warm-up, with the same session options and thread count for both models.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -211,6 +213,43 @@ def _latency_ms(sessions: list[Any], feed: dict[str, np.ndarray], runs: int) -> 
     return [1000.0 * float(np.median(t)) for t in times]
 
 
+_SESSION_RSS = """
+import sys
+import onnxruntime as ort
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = int(sys.argv[2])
+opts.log_severity_level = 3
+before = rss()
+session = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+print(rss() - before)
+"""
+
+
+def session_rss(model: str | bytes, threads: int) -> int | None:
+    """Resident memory an onnxruntime session of ``model`` takes, measured in a fresh process.
+
+    None where it cannot be measured (no /proc, an in-memory model, a failure).
+    """
+    if isinstance(model, bytes) or not Path("/proc/self/status").exists():
+        return None
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _SESSION_RSS, model, str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
+
+
 class Comparison:
     """A comparison prepared against the original model, then run on a compressed one.
 
@@ -221,6 +260,7 @@ class Comparison:
 
     def __init__(self, original: str | bytes, config: EvalConfig) -> None:
         self.config = config
+        self.original = original
         self.notes: list[str] = []
         self.session = open_session(original, config.threads, "original")
         self.specs = input_specs(self.session)
@@ -277,6 +317,8 @@ class Comparison:
                 ev.label_output = out_names[idx]
                 ev.accuracy_original = float(np.mean(pa == self.labels))
                 ev.accuracy_compressed = float(np.mean(pb == self.labels))
+        ev.session_rss_original = session_rss(self.original, config.threads)
+        ev.session_rss_compressed = session_rss(compressed, config.threads)
         if self.batches and config.latency_runs:
             ev.latency_ms_original, ev.latency_ms_compressed = _latency_ms(
                 [sess_a, sess_b], self.batches[0], config.latency_runs

@@ -18,6 +18,7 @@ from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
     check_output_target,
     external_files,
+    gzip_bytes,
     load_model,
     needs_external_data,
     save_model,
@@ -64,6 +65,11 @@ def _float_summary(model: ir.Model, size: int) -> tuple[ModelSummary, dict[str, 
             params += a.size
             zeros[value.name or ""] = int(a.size - np.count_nonzero(a))
     return ModelSummary(size, params, params - sum(zeros.values()), 0), zeros
+
+
+def _as_bytes(source: str | bytes) -> bytes:
+    assert isinstance(source, bytes), "an in-memory model is evaluated from its bytes"
+    return source
 
 
 def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None, set[Path]]:
@@ -158,6 +164,14 @@ def compress(
     if cleanup.removed:
         notes.append(f"removed {len(cleanup.removed)} initializer(s) that nothing reads")
 
+    kept = [r for r in records.values() if r.encoding and r.encoding.startswith("dq-")]
+    unfused = [r for r in kept if set(r.op_types) - {"MatMul"}]
+    if unfused:
+        notes.append(
+            f"--keep-quantized: {len(unfused)} of {len(kept)} weights feed ops that onnxruntime "
+            "does not fuse with DequantizeLinear (Conv, Gemm...): they dequantize on every run, "
+            "which saves session memory but costs latency"
+        )
     heavy = [r for r in records.values() if 2 * r.rows_pruned > r.rows]
     if config.threshold is not None and heavy:
         names = ", ".join(r.name for r in heavy[:3]) + (", …" if len(heavy) > 3 else "")
@@ -180,6 +194,12 @@ def compress(
     compressed_at = time.perf_counter()
     ev = None
     if comparison is not None:
+        # Download sizes cost a pass over both files: measured when evaluating.
+        original_files: list[Path | bytes] = (
+            [in_path, *in_external] if in_path is not None else [_as_bytes(original_source)]
+        )
+        original.gzip_bytes = gzip_bytes(original_files)
+        compressed.gzip_bytes = gzip_bytes(written)
         try:
             ev = comparison.run(str(out))
         except EvaluationError as e:

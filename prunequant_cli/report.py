@@ -85,10 +85,12 @@ class ModelSummary:
     parameters: int
     nonzero_parameters: int
     weights: int
+    gzip_bytes: int | None = None  # what a download costs: each file gzip-compressed
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file_bytes": self.file_bytes,
+            "gzip_bytes": self.gzip_bytes,
             "parameters": self.parameters,
             "nonzero_parameters": self.nonzero_parameters,
             "weights": self.weights,
@@ -129,6 +131,8 @@ class Evaluation:
     accuracy_compressed: float | None = None
     latency_ms_original: float | None = None
     latency_ms_compressed: float | None = None
+    session_rss_original: int | None = None
+    session_rss_compressed: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -186,6 +190,10 @@ class CompressReport:
                 "compressed": ev.latency_ms_compressed,
                 "ratio": ev.latency_ratio,
             }
+            meta["session_rss_bytes"] = {
+                "original": ev.session_rss_original,
+                "compressed": ev.session_rss_compressed,
+            }
         return {
             "schema_version": SCHEMA_VERSION,
             "command": "compress",
@@ -233,6 +241,13 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
         fmt_bytes(c.file_bytes),
         f"[green]×{report.ratio:.3f}[/]" if report.ratio < 1 else f"[red]×{report.ratio:.3f}[/]",
     )
+    if o.gzip_bytes and c.gzip_bytes:
+        table.add_row(
+            "gzip size (download)",
+            fmt_bytes(o.gzip_bytes),
+            fmt_bytes(c.gzip_bytes),
+            f"×{c.gzip_bytes / o.gzip_bytes:.3f}",
+        )
     table.add_row(
         "parameters", f"{o.parameters:,}", f"{c.parameters:,}", f"{c.parameters - o.parameters:+,}"
     )
@@ -265,6 +280,13 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
                 f"{ev.latency_ms_original:.3f} ms",
                 f"{ev.latency_ms_compressed:.3f} ms",
                 f"×{ev.latency_ratio:.2f}",
+            )
+        if ev.session_rss_original and ev.session_rss_compressed:
+            table.add_row(
+                "onnxruntime session memory",
+                fmt_bytes(ev.session_rss_original),
+                fmt_bytes(ev.session_rss_compressed),
+                f"×{ev.session_rss_compressed / ev.session_rss_original:.2f}",
             )
     console.print(table)
     done = [t for t in report.tensors if t.encoding or t.prune_method]

@@ -201,3 +201,43 @@ def test_non_tensor_and_integer_outputs_are_compared(tmp_path):
     assert [o["name"] for o in outputs] == ["scores", "label"]
     assert outputs[0]["top1_agreement"] == 1.0
     assert outputs[1]["max_abs_error"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "encodings"),
+    [
+        (["--bits", "4", "--quant", "codebook"], {"codebook", "codebook-packed4"}),
+        (["--bits", "8", "--format", "sparse", "--sparsity", "0.5"], {"sparse"}),
+        (["--bits", "8", "--format", "int8"], {"int8"}),
+        (["--bits", "16"], {"float16"}),
+        (["--bits", "8", "--keep-quantized"], {"dq-int8"}),
+    ],
+)
+def test_quantization_choices(tmp_path, args, encodings):
+    r = run("compress", CNN, tmp_path / "o.onnx", "--data", CNN_DATA, "--json", *args)
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {t["encoding"] for t in doc["tensors"]} <= encodings
+    assert doc["evaluation"]["accuracy"]["drop_points"] <= 1.5
+    assert doc["compressed"]["gzip_bytes"] < doc["original"]["gzip_bytes"]
+    if "--keep-quantized" in args:
+        assert any("does not fuse" in (t["note"] or "") for t in doc["tensors"])
+        rss = doc["meta"]["session_rss_bytes"]
+        assert rss["original"] > 0 and rss["compressed"] > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bits", "12"],
+        ["--bits", "16", "--quant", "codebook"],
+        ["--keep-quantized", "--quant", "codebook"],
+        ["--keep-quantized", "--format", "sparse"],
+        ["--no-quantize", "--quant", "codebook"],
+    ],
+)
+def test_conflicting_quantization_options_are_usage_errors(tmp_path, args):
+    r = run("compress", CNN, tmp_path / "o.onnx", *args)
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.startswith("prunequant: error: ")
+    assert list(tmp_path.iterdir()) == []

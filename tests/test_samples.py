@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from helpers import SAMPLES, run_both
 
@@ -54,3 +55,45 @@ def test_threshold_pruning_shows_zero_rows_in_inspect(tmp_path):
         assert after[name].encoding in ("int8", "sparse")
         assert before[name].encoding == "float"
     assert report.evaluation.accuracy_drop_points <= 2.0
+
+
+def _at_opset(tmp_path, name, opset):
+    # Every op of the sample models means the same at opset 11 (Softmax on 2-D input).
+    model = onnx.load(SAMPLES / f"{name}.onnx")
+    model.opset_import[0].version = opset
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / f"{name}_opset{opset}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_opset_11_model_keeps_its_opset(tmp_path, bits):
+    src = _at_opset(tmp_path, "digits_cnn", 11)
+    out = tmp_path / "out.onnx"
+    report = compress(
+        src,
+        out,
+        CompressConfig(bits=bits),
+        EvalConfig(data=SAMPLES / "digits_cnn.npz", latency_runs=3),
+    )
+    written = onnx.load(out)
+    assert [(o.domain, o.version) for o in written.opset_import] == [("", 11)]
+    onnx.checker.check_model(written, full_check=True)
+    assert report.evaluation.accuracy_drop_points <= 1.0
+    if bits == 4:
+        assert {t.encoding for t in report.tensors} & {"packed4", "sparse4"}
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_4_bit_is_a_sixth_of_the_size_and_pruning_shrinks_it_again(tmp_path, name):
+    ev = EvalConfig(data=SAMPLES / f"{name}.npz", latency_runs=3)
+    four = compress(SAMPLES / f"{name}.onnx", tmp_path / "a.onnx", CompressConfig(bits=4), ev)
+    assert four.ratio <= 1 / 6
+    pruned = compress(
+        SAMPLES / f"{name}.onnx", tmp_path / "b.onnx", CompressConfig(bits=4, sparsity=0.5), ev
+    )
+    assert pruned.compressed.file_bytes < four.compressed.file_bytes
+    for report in (four, pruned):
+        assert report.evaluation.outputs[0].nonfinite == 0
+        assert report.compressed.gzip_bytes < report.original.gzip_bytes
