@@ -71,6 +71,7 @@ class Inspection:
     ops: dict[str, int]
     tensors: list[TensorInfo] = field(default_factory=list)
     shared_bytes: int = 0  # decoder constants shared by several weights (lookup tables)
+    gzip_bytes: int | None = None  # the file(s) gzip-compressed: what a download costs
 
     @property
     def summary(self) -> ModelSummary:
@@ -87,6 +88,7 @@ class Inspection:
             "schema_version": SCHEMA_VERSION,
             "command": "inspect",
             "file_bytes": self.file_bytes,
+            "gzip_bytes": self.gzip_bytes,
             "ir_version": self.ir_version,
             "opsets": self.opsets,
             "producer": self.producer,
@@ -298,6 +300,8 @@ def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection
 def render_inspection(info: Inspection, console: Console) -> None:
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info.opsets.items())
     size = fmt_bytes(info.file_bytes)
+    if info.gzip_bytes is not None:
+        size += f" ({fmt_bytes(info.gzip_bytes)} gzipped)"
     console.print(f"[bold]{info.path}[/]  {size}  IR {info.ir_version}  opsets: {opsets}")
     if info.producer:
         console.print(f"producer: {info.producer}")

@@ -240,7 +240,9 @@ def compress(
 def inspect_model(path: str | Path) -> Inspection:
     """What is inside an ONNX file: interface, ops, every tensor and how weights are stored."""
     loaded = load_model(Path(path))
-    return inspect_ir(loaded.model, loaded.path, loaded.file_bytes)
+    info = inspect_ir(loaded.model, loaded.path, loaded.file_bytes)
+    info.gzip_bytes = gzip_bytes([loaded.path, *sorted(loaded.external)])
+    return info
 
 
 __all__ = ["compress", "inspect_model"]

@@ -1,0 +1,144 @@
+"""What each weight encoding costs: file size, latency and session memory vs fp32.
+
+For a 4096x4096 fp32 MatMul model (64 MiB, seeded) and the sample digits CNN, each
+encoding is written with ``prunequant_cli.compress`` and then measured against the
+fp32 original in the same run:
+
+* file ratio: compressed / original bytes;
+* latency ratio at batch 1 and batch 32: medians of interleaved runs, one thread;
+* session memory: resident memory of an onnxruntime session, in a fresh process.
+
+Usage: ``python bench/bench_encodings.py [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from prunequant_cli import CompressConfig, EvalConfig, compress
+from prunequant_cli.evaluate import session_rss
+
+ROOT = Path(__file__).resolve().parent.parent
+DIM = 4096
+
+# (label, config, opset the model must have for it)
+VARIANTS = [
+    ("int8", CompressConfig(bits=8, format="int8"), 17),
+    ("packed4", CompressConfig(bits=4, format="dense"), 17),
+    ("int4 (native)", CompressConfig(bits=4, format="dense"), 21),
+    ("sparse, 50% pruned", CompressConfig(bits=8, sparsity=0.5, format="sparse"), 17),
+    ("sparse4, 50% pruned", CompressConfig(bits=4, sparsity=0.5, format="sparse"), 17),
+    ("codebook 4-bit", CompressConfig(bits=4, quant="codebook"), 17),
+    ("float16", CompressConfig(bits=16), 17),
+    ("keep-quantized int8", CompressConfig(bits=8, keep_quantized=True), 17),
+    ("keep-quantized int4", CompressConfig(bits=4, keep_quantized=True), 21),
+]
+
+
+def matmul_model(opset: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((DIM, DIM), dtype=np.float32) / np.sqrt(DIM)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", DIM])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", DIM])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+def cnn_model(opset: int) -> onnx.ModelProto:
+    model = onnx.load(ROOT / "sample_models" / "digits_cnn.onnx")
+    model.opset_import[0].version = opset  # every op of the CNN means the same at 17 and 21
+    model.ir_version = 10
+    return model
+
+
+def session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def latency_ratio(base: Path, other: Path, feed: dict, runs: int) -> float:
+    a, b = session(base), session(other)
+    for s in (a, b):
+        for _ in range(3):
+            s.run(None, feed)
+    ta, tb = [], []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        for s, times in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            s.run(None, feed)
+            times.append(time.perf_counter() - t)
+    return statistics.median(tb) / statistics.median(ta)
+
+
+def feed_for(path: Path, batch: int) -> dict:
+    rng = np.random.default_rng(1)
+    inp = session(path).get_inputs()[0]
+    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
+    return {inp.name: rng.standard_normal(shape).astype(np.float32)}
+
+
+def bench(name: str, make, tmp: Path, runs: int) -> list[list[str]]:
+    rows = []
+    sources = {}
+    for opset in (17, 21):
+        sources[opset] = tmp / f"{name}_opset{opset}.onnx"
+        onnx.save(make(opset), sources[opset])
+    base_rss = {opset: session_rss(str(p), 1) for opset, p in sources.items()}
+    rows.append([name, "fp32 (original)", "1.000", "1.00", "1.00", f"{base_rss[17] / 2**20:.1f}"])
+    for label, config, opset in VARIANTS:
+        src, out = sources[opset], tmp / f"{name}_{label.replace(' ', '_')}.onnx"
+        report = compress(src, out, config, EvalConfig(enabled=False))
+        encodings = sorted({t.encoding or "float" for t in report.tensors})
+        b1 = latency_ratio(src, out, feed_for(src, 1), runs)
+        b32 = latency_ratio(src, out, feed_for(src, 32), max(5, runs // 3))
+        rss = session_rss(str(out), 1)
+        rss_text = "?" if rss is None else f"{rss / 2**20:.1f}"
+        ratio = f"{report.ratio:.3f}"
+        rows.append(
+            [name, f"{label} [{', '.join(encodings)}]", ratio, f"{b1:.2f}", f"{b32:.2f}", rss_text]
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per model at batch 1")
+    args = parser.parse_args()
+    rows = [["model", "encoding", "file ratio", "latency b1", "latency b32", "session MiB"]]
+    with tempfile.TemporaryDirectory(prefix="prunequant-bench-") as tmp:
+        for name, make in (("matmul 4096²", matmul_model), ("digits_cnn", cnn_model)):
+            rows += bench(name, make, Path(tmp), args.runs)
+            print(f"measured {name}", file=sys.stderr)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print(
+            "  ".join(
+                c.ljust(w) if j < 2 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print(
+        "(ratios vs the fp32 original in the same run; latency: medians of interleaved runs, 1 thread)"
+    )
+
+
+if __name__ == "__main__":
+    main()
