@@ -135,9 +135,7 @@ def main() -> None:
         )
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(
-        "(ratios vs the fp32 original in the same run; latency: medians of interleaved runs, 1 thread)"
-    )
+    print("(ratios vs the fp32 original in the same run; latency: medians of interleaved runs)")
 
 
 if __name__ == "__main__":
