@@ -39,6 +39,13 @@ class TensorInfo:
     def elements(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def float_bytes(self) -> int:
+        """Bytes of the tensor as plain values of its (decoded) dtype."""
+        if self.encoding == "other":
+            return self.stored_bytes
+        return self.elements * {"float16": 2, "double": 8}.get(self.dtype, 4)
+
     def to_dict(self) -> dict[str, Any]:
         n = max(self.elements, 1)
         return {
@@ -47,6 +54,7 @@ class TensorInfo:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "elements": self.elements,
+            "float_bytes": self.float_bytes,
             "stored_bytes": self.stored_bytes,
             "bits_per_weight": 8.0 * self.stored_bytes / n,
             "sparsity": self.zeros / n,
@@ -72,6 +80,7 @@ class Inspection:
     tensors: list[TensorInfo] = field(default_factory=list)
     shared_bytes: int = 0  # decoder constants shared by several weights (lookup tables)
     gzip_bytes: int | None = None  # the file(s) gzip-compressed: what a download costs
+    session_rss: int | None = None  # resident memory of an onnxruntime session of the model
 
     @property
     def summary(self) -> ModelSummary:
@@ -100,9 +109,10 @@ class Inspection:
                 "tensor_bytes": sum(t.stored_bytes for t in self.tensors) + self.shared_bytes,
                 "shared_decoder_bytes": self.shared_bytes,
                 "weight_bytes": sum(t.stored_bytes for t in self.tensors if t.is_weight),
+                "weight_float_bytes": sum(t.float_bytes for t in self.tensors if t.is_weight),
             },
             "tensors": [t.to_dict() for t in self.tensors],
-            "meta": {"path": self.path},
+            "meta": {"path": self.path, "session_rss_bytes": self.session_rss},
         }
 
 
@@ -305,6 +315,8 @@ def render_inspection(info: Inspection, console: Console) -> None:
     console.print(f"[bold]{info.path}[/]  {size}  IR {info.ir_version}  opsets: {opsets}")
     if info.producer:
         console.print(f"producer: {info.producer}")
+    if info.session_rss:
+        console.print(f"onnxruntime session memory: {fmt_bytes(info.session_rss)}")
     io = Table(title="inputs and outputs", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
         io.add_column(col)
@@ -341,9 +353,12 @@ def render_inspection(info: Inspection, console: Console) -> None:
         )
     console.print(table)
     s = info.summary
-    weight_bytes = sum(t.stored_bytes for t in info.tensors if t.is_weight)
+    weights = [t for t in info.tensors if t.is_weight]
+    weight_bytes = sum(t.stored_bytes for t in weights)
+    weight_params = sum(t.elements for t in weights)
+    bpw = f" ({8 * weight_bytes / weight_params:.2f} bits/weight)" if weight_params else ""
     console.print(
         f"totals: {s.parameters:,} parameters ({s.nonzero_parameters:,} non-zero), "
-        f"{s.weights} weight tensors in {fmt_bytes(weight_bytes)}, "
+        f"{s.weights} weight tensors in {fmt_bytes(weight_bytes)}{bpw}, "
         f"{fmt_bytes(sum(t.stored_bytes for t in info.tensors) + info.shared_bytes)} of tensor data"
     )

@@ -237,11 +237,19 @@ def compress(
     )
 
 
-def inspect_model(path: str | Path) -> Inspection:
-    """What is inside an ONNX file: interface, ops, every tensor and how weights are stored."""
+def inspect_model(path: str | Path, session_memory: bool = True) -> Inspection:
+    """What is inside an ONNX file: interface, ops, every tensor and how weights are stored.
+
+    With ``session_memory``, also the memory an onnxruntime session of it takes
+    (measured in a fresh process).
+    """
     loaded = load_model(Path(path))
     info = inspect_ir(loaded.model, loaded.path, loaded.file_bytes)
     info.gzip_bytes = gzip_bytes([loaded.path, *sorted(loaded.external)])
+    if session_memory:
+        from prunequant_cli.evaluate import session_rss  # imports onnxruntime: only when needed
+
+        info.session_rss = session_rss(str(loaded.path), 1)
     return info
 
 

@@ -181,6 +181,17 @@ class CompressReport:
     def ratio(self) -> float:
         return self.compressed.file_bytes / max(self.original.file_bytes, 1)
 
+    def weight_storage(self) -> dict[str, Any]:
+        """Bytes of the weight tensors as floats and as stored, and bits per weight."""
+        docs = [t.to_dict() for t in self.tensors]
+        params = sum(d["parameters"] for d in docs)
+        stored = sum(d["stored_bytes"] for d in docs)
+        return {
+            "float_bytes": sum(d["float_bytes"] for d in docs),
+            "stored_bytes": stored,
+            "bits_per_weight": 8.0 * stored / params if params else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         ev = self.evaluation
         meta = dict(self.meta)
@@ -201,6 +212,7 @@ class CompressReport:
             "original": self.original.to_dict(),
             "compressed": self.compressed.to_dict(),
             "ratio": self.ratio,
+            "weight_storage": self.weight_storage(),
             "tensors": [t.to_dict() for t in self.tensors],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "evaluation": None if ev is None else ev.to_dict(),
@@ -247,6 +259,14 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
             fmt_bytes(o.gzip_bytes),
             fmt_bytes(c.gzip_bytes),
             f"×{c.gzip_bytes / o.gzip_bytes:.3f}",
+        )
+    storage = report.weight_storage()
+    if storage["bits_per_weight"] is not None:
+        table.add_row(
+            "weights",
+            fmt_bytes(storage["float_bytes"]),
+            fmt_bytes(storage["stored_bytes"]),
+            f"{storage['bits_per_weight']:.2f} bits/weight",
         )
     table.add_row(
         "parameters", f"{o.parameters:,}", f"{c.parameters:,}", f"{c.parameters - o.parameters:+,}"
