@@ -67,3 +67,18 @@ def test_all_zero_channel_gets_unit_scale_and_zero_codes():
 
 def test_qmax():
     assert [qmax(b) for b in (2, 4, 8)] == [1, 7, 127]
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weights, bits=st.integers(2, 8))
+def test_float16_scales_round_up_and_keep_the_bound(w, bits):
+    from prunequant_cli.quantization import half_scale
+
+    scale = half_scale(per_channel_scale(w, 0, bits))
+    if scale.dtype == np.float16:
+        assert (scale.astype(np.float32) >= per_channel_scale(w, 0, bits)).all()
+    stored = scale.astype(np.float32)
+    codes = quantize(w, stored, bits)
+    assert np.abs(codes.astype(np.int32)).max() <= qmax(bits)
+    err = np.abs(dequantize(codes, stored).astype(np.float64) - w)
+    assert (err <= stored.astype(np.float64) / 2 * (1 + 1e-5) + np.abs(w) * 1e-6).all()
