@@ -19,6 +19,7 @@ kernels.)
 | codebook4 / 2     | codebook | 21/25 | Gather(codebook, Cast(UINT4/UINT2 indices))        |
 | codebook-packed4/2| codebook | 11    | uint8 planes unpacked, then Gather                 |
 | float16           | float16  | 7     | Cast(float16 values)                               |
+| sparse-float      | float    | 11    | bitmask + Gather of the non-zero float values      |
 | dq-int8 / dq-int4 | uniform  | 13/21 | DequantizeLinear, kept in the session              |
 
 The main initializer of each encoded weight carries metadata (key ``prunequant``,
@@ -70,6 +71,7 @@ class Payload:
     indices: np.ndarray | None = None  # codebook: uint8 index of each weight
     codebook: np.ndarray | None = None  # codebook: the shared values, weight dtype
     half: np.ndarray | None = None  # float16 storage
+    values: np.ndarray | None = None  # float: pruned but not quantized
 
     @property
     def kind(self) -> str:
@@ -77,6 +79,8 @@ class Payload:
             return "uniform"
         if self.indices is not None:
             return "codebook"
+        if self.values is not None:
+            return "float"
         return "float16"
 
     @property
@@ -92,6 +96,8 @@ class Payload:
         if self.indices is not None:
             assert self.codebook is not None
             return self.codebook.astype(np_dtype)[self.indices.astype(np.int64)]
+        if self.values is not None:
+            return self.values.astype(np_dtype)
         assert self.half is not None
         return self.half.astype(np_dtype)
 
@@ -103,8 +109,9 @@ class Payload:
             assert self.codebook is not None
             zero_entries = np.flatnonzero(self.codebook == 0)
             return int(np.isin(self.indices, zero_entries).sum())
-        assert self.half is not None
-        return int(self.size - np.count_nonzero(self.half))
+        dense = self.values if self.values is not None else self.half
+        assert dense is not None
+        return int(self.size - np.count_nonzero(dense))
 
 
 class NameAuthority:
@@ -419,10 +426,7 @@ class SparseBitmask(Encoding):
         p = b.payload
         flat = p.codes.reshape(-1)  # type: ignore[union-attr]
         nonzero = flat != 0
-        nibbles = np.zeros(-(-flat.size // 4) * 4, np.uint8)
-        nibbles[: flat.size] = nonzero
-        nibbles = nibbles.reshape(-1, 4) @ np.array([1, 2, 4, 8], np.uint8)  # 4 mask bits each
-        mask = b.init("mask", pack_planar(nibbles.astype(np.uint8), 4))
+        mask = _mask(b, nonzero)
         nz = np.concatenate([np.zeros(1, np.int8), flat[nonzero]])
         offset = 0
         if self.width == 8:
@@ -433,22 +437,52 @@ class SparseBitmask(Encoding):
             packed = b.init("nz", pack_planar(unsigned, self.width))
             values = _unpack_planes(b, packed, self.width, (nz.size,))
         scale = _scale(b)
-        nibble_idx = b.node(
-            "Cast", [_unpack_planes(b, mask, 4, (nibbles.size,))], to=ir.DataType.INT32.value
-        )
-        bits = b.node("Gather", [b.const("nibble_bits", _NIBBLE_BITS), nibble_idx])
-        bits = b.node("Reshape", [bits, b.const("i64_minus1", np.array([-1], np.int64))])
-        if nibbles.size * 4 != p.size:
-            count = b.init("count", np.array([p.size], np.int64))
-            bits = b.node("Slice", [bits, b.const("i64_0", np.array([0], np.int64)), count])
-        bits = b.node("Cast", [bits], to=ir.DataType.INT32.value)
-        cumsum = b.node("CumSum", [bits, b.const("i32_0", np.array(0, np.int32))])
-        codes = _reshape(b, b.node("Gather", [values, b.node("Mul", [cumsum, bits])]))
+        codes = _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
         floats = b.node("Cast", [codes], to=p.dtype.value)
         if offset:
             shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
             floats = b.node("Sub", [floats, shift])
         return b.node("Mul", [floats, scale])
+
+
+def _mask(b: DecodeBuilder, nonzero: np.ndarray) -> ir.Value:
+    """The bitmask initializer: nibbles of four mask bits, packed two per byte in planes."""
+    nibbles = np.zeros(-(-nonzero.size // 4) * 4, np.uint8)
+    nibbles[: nonzero.size] = nonzero
+    nibbles = nibbles.reshape(-1, 4) @ np.array([1, 2, 4, 8], np.uint8)
+    return b.init("mask", pack_planar(nibbles.astype(np.uint8), 4))
+
+
+def _positions(b: DecodeBuilder, mask: ir.Value) -> ir.Value:
+    """For each weight, 0 if masked out, else 1 + its rank among the non-zeros."""
+    size = b.payload.size
+    nibbles = -(-size // 4)
+    nibble_idx = b.node(
+        "Cast", [_unpack_planes(b, mask, 4, (nibbles,))], to=ir.DataType.INT32.value
+    )
+    bits = b.node("Gather", [b.const("nibble_bits", _NIBBLE_BITS), nibble_idx])
+    bits = b.node("Reshape", [bits, b.const("i64_minus1", np.array([-1], np.int64))])
+    if nibbles * 4 != size:
+        count = b.init("count", np.array([size], np.int64))
+        bits = b.node("Slice", [bits, b.const("i64_0", np.array([0], np.int64)), count])
+    bits = b.node("Cast", [bits], to=ir.DataType.INT32.value)
+    cumsum = b.node("CumSum", [bits, b.const("i32_0", np.array(0, np.int32))])
+    return b.node("Mul", [cumsum, bits])
+
+
+class SparseFloat(Encoding):
+    """Pruned float weights (no quantization): a bitmask plus the non-zero values."""
+
+    name, kind, min_opset, max_bits = "sparse-float", "float", 11, 64
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        assert p.values is not None
+        flat = p.values.reshape(-1)
+        nonzero = flat != 0
+        mask = _mask(b, nonzero)
+        values = b.init("nz", np.concatenate([np.zeros(1, flat.dtype), flat[nonzero]]))
+        return _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
 
 
 class Codebook(Encoding):
@@ -532,7 +566,8 @@ CODEBOOK = (
 )
 FLOAT16 = (Float16(),)
 KEEP_QUANTIZED = (DequantizeLinear(8), DequantizeLinear(4))
-ALL = (*UNIFORM, *CODEBOOK, *FLOAT16, *KEEP_QUANTIZED)
+SPARSE_FLOAT = SparseFloat()
+ALL = (*UNIFORM, *CODEBOOK, *FLOAT16, *KEEP_QUANTIZED, SPARSE_FLOAT)
 BY_NAME = {e.name: e for e in ALL}
 
 #: What ``--format`` can ask for, and the encodings each choice may use.
@@ -582,7 +617,10 @@ def describe_encoding(encoding: str, bits: int | None) -> str:
         "codebook-packed4": "codebook, 4-bit packed index",
         "codebook-packed2": "codebook, 2-bit packed index",
         "float16": "float16",
+        "sparse-float": "bitmask + float values",
         "dq-int8": "DequantizeLinear int8",
         "dq-int4": "DequantizeLinear int4",
     }.get(encoding, encoding)
-    return label if bits is None or encoding == "float16" else f"{label} ({bits}-bit codes)"
+    if bits is None or encoding in ("float16", "sparse-float"):
+        return label
+    return f"{label} ({bits}-bit codes)"

@@ -149,10 +149,10 @@ class QuantizePass(ir.passes.InPlacePass):
         return encodings.FORMATS[self.config.format]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.bits is None:
-            return ir.passes.PassResult(model, modified=False)
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
+        if self.config.bits is None:
+            return self._store_pruned_floats(model, opset, shared)
         candidates = self.candidates()
         modified = False
         for site in self.sites:
@@ -179,6 +179,35 @@ class QuantizePass(ir.passes.InPlacePass):
             record.bits = payload.bits
             record.encoding = encoded.encoding
             record.stored_bytes = encoded.stored_bytes
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _store_pruned_floats(
+        self, model: ir.Model, opset: int, shared: encodings.SharedConstants
+    ) -> ir.passes.PassResult:
+        """Without quantization, keep each pruned weight as a bitmask plus its non-zeros
+        where that is smaller than the dense floats, so the zeros cost less on disk."""
+        modified = False
+        sparse = encodings.SPARSE_FLOAT
+        for site in self.sites:
+            record = self.records[site.name]
+            if record.zeros_after_prune is None or record.zeros_after_prune == record.zeros_before:
+                continue
+            tensor = site.value.const_value
+            assert tensor is not None
+            w = tensor.numpy()
+            payload = Payload(
+                site.name, tuple(int(d) for d in w.shape), tensor.dtype, site.axis, 32, values=w
+            )
+            if not sparse.applies(payload, opset):
+                continue
+            if sparse.cost(site.graph, payload, shared) >= w.nbytes:
+                continue
+            encoded = sparse.encode(site.graph, site.value, payload, shared)
+            site.value.const_value = None
+            record.encoding = encoded.encoding
+            record.stored_bytes = encoded.stored_bytes
+            record.max_abs_error = 0.0
             modified = True
         return ir.passes.PassResult(model, modified=modified)
 

@@ -42,7 +42,11 @@ def _encoded_model(encoding, shape, bits, quant, opset, sparsity):
     model = ir.serde.deserialize_model(proto)
     value = model.graph.initializers["W"]
     site = WeightSite(value, model.graph, 1, ("MatMul",))
-    payload = make_payload(w, site, CompressConfig(bits=bits, quant=quant), pruned=sparsity > 0)
+    if encoding.kind == "float":
+        payload = encodings.Payload("W", shape, ir.DataType.FLOAT, 1, 32, values=w)
+    else:
+        config = CompressConfig(bits=bits, quant=quant)
+        payload = make_payload(w, site, config, pruned=sparsity > 0)
     assert encoding.applies(payload, opset)
     shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
     encoding.encode(model.graph, value, payload, shared)
@@ -66,6 +70,7 @@ CASES = [
     ("codebook-packed4", 4, "codebook", 0.3),
     ("codebook-packed2", 2, "codebook", 0.0),
     ("float16", 16, "uniform", 0.0),
+    ("sparse-float", 32, "uniform", 0.7),
 ]
 OPSETS = [11, 13, 17, 21, 25]
 SHAPES = [(16, 6), (15, 7)]  # even rows (planes along axis 0) and odd sizes (flat, sliced)
