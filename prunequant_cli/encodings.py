@@ -21,6 +21,7 @@ kernels.)
 | float16           | float16  | 7     | Cast(float16 values)                               |
 | sparse-float      | float    | 11    | bitmask + Gather of the non-zero float values      |
 | dq-int8 / dq-int4 | uniform  | 13/21 | DequantizeLinear, kept in the session              |
+| dq-int4-blocked   | uniform  | 21    | DequantizeLinear with block_size (MatMul weights)  |
 
 The main initializer of each encoded weight carries metadata (key ``prunequant``,
 JSON) naming the encoding, the weight, its bit width and axis, which ``inspect`` reads.
@@ -72,6 +73,7 @@ class Payload:
     codebook: np.ndarray | None = None  # codebook: the shared values, weight dtype
     half: np.ndarray | None = None  # float16 storage
     values: np.ndarray | None = None  # float: pruned but not quantized
+    block_size: int | None = None  # uniform: scale per block of rows along axis 0
 
     @property
     def kind(self) -> str:
@@ -92,7 +94,10 @@ class Payload:
         np_dtype = self.dtype.numpy()
         if self.codes is not None:
             assert self.scale is not None
-            return self.codes.astype(np_dtype) * self.scale.astype(np_dtype)
+            scale = self.scale.astype(np_dtype)
+            if self.block_size:
+                scale = np.repeat(scale, self.block_size, axis=0)
+            return self.codes.astype(np_dtype) * scale
         if self.indices is not None:
             assert self.codebook is not None
             return self.codebook.astype(np_dtype)[self.indices.astype(np.int64)]
@@ -325,9 +330,15 @@ class Encoding:
     kind = "uniform"
     min_opset = 7
     max_bits = 8
+    blocked = False  # writes payloads with per-block scales (and only those)
 
     def applies(self, p: Payload, opset: int) -> bool:
-        return p.kind == self.kind and opset >= self.min_opset and p.bits <= self.max_bits
+        return (
+            p.kind == self.kind
+            and opset >= self.min_opset
+            and p.bits <= self.max_bits
+            and bool(p.block_size) == self.blocked
+        )
 
     def worth_trying(self, p: Payload) -> bool:
         """A cheap check that this encoding could beat the dense ones (default: yes)."""
@@ -548,6 +559,23 @@ class DequantizeLinear(Encoding):
         return b.node("DequantizeLinear", [q, scale], axis=axis)
 
 
+class DequantizeLinearBlocked(DequantizeLinear):
+    """int4 codes with one scale per block of input rows: what MatMulNBits runs natively."""
+
+    blocked = True
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.name = "dq-int4-blocked"
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        assert p.codes is not None and p.scale is not None and p.block_size
+        q = b.init("q", p.codes.astype(ml_dtypes.int4))
+        scale = b.init("s", p.scale.astype(np.float32))
+        return b.node("DequantizeLinear", [q, scale], axis=0, block_size=p.block_size)
+
+
 UNIFORM = (
     Int8(),
     NativeInt(4),
@@ -565,7 +593,7 @@ CODEBOOK = (
     Codebook(2, False),
 )
 FLOAT16 = (Float16(),)
-KEEP_QUANTIZED = (DequantizeLinear(8), DequantizeLinear(4))
+KEEP_QUANTIZED = (DequantizeLinear(8), DequantizeLinear(4), DequantizeLinearBlocked())
 SPARSE_FLOAT = SparseFloat()
 ALL = (*UNIFORM, *CODEBOOK, *FLOAT16, *KEEP_QUANTIZED, SPARSE_FLOAT)
 BY_NAME = {e.name: e for e in ALL}
@@ -620,6 +648,7 @@ def describe_encoding(encoding: str, bits: int | None) -> str:
         "sparse-float": "bitmask + float values",
         "dq-int8": "DequantizeLinear int8",
         "dq-int4": "DequantizeLinear int4",
+        "dq-int4-blocked": "DequantizeLinear int4, blocks of 32",
     }.get(encoding, encoding)
     if bits is None or encoding in ("float16", "sparse-float"):
         return label

@@ -107,14 +107,32 @@ class PrunePass(ir.passes.InPlacePass):
 
 
 HALF_SCALE_MIN_CHANNELS = 32
+# MatMul weights kept quantized at <= 4 bits get a scale per block of this many input
+# rows: the layout onnxruntime's MatMulNBits kernel runs without unpacking.
+DQ_BLOCK = 32
 
 
-def make_payload(w: np.ndarray, site: WeightSite, config: CompressConfig, pruned: bool) -> Payload:
+def make_payload(
+    w: np.ndarray, site: WeightSite, config: CompressConfig, pruned: bool, opset: int = 0
+) -> Payload:
     """Quantize one weight: uniform codes and scales, a codebook, or float16 values."""
     dtype = site.value.const_value.dtype  # type: ignore[union-attr]
     bits = config.bits or 8
     p = Payload(site.name, tuple(int(d) for d in w.shape), dtype, site.axis, bits)
-    if bits == 16:
+    blocked = (
+        config.keep_quantized
+        and bits <= 4
+        and opset >= 21
+        and site.op_types == ("MatMul",)
+        and w.ndim == 2
+        and w.shape[0] % DQ_BLOCK == 0
+        and dtype == ir.DataType.FLOAT
+    )
+    if blocked:
+        p.block_size = DQ_BLOCK
+        p.scale = quantization.per_block_scale(w, DQ_BLOCK, bits)
+        p.codes = quantization.quantize(w, np.repeat(p.scale, DQ_BLOCK, axis=0), bits)
+    elif bits == 16:
         p.half = w.astype(np.float16)
     elif config.quant == "codebook":
         p.codebook, p.indices = quantization.kmeans_codebook(w, 1 << bits, keep_zero=pruned)
@@ -163,7 +181,8 @@ class QuantizePass(ir.passes.InPlacePass):
             if not np.isfinite(w).all():
                 record.note = "non-finite values: not quantized"
                 continue
-            payload = make_payload(w, site, self.config, pruned=record.prune_method is not None)
+            pruned = record.prune_method is not None
+            payload = make_payload(w, site, self.config, pruned, opset)
             encoding = encodings.choose(payload, opset, candidates, site.graph, shared)
             if encoding is None:
                 record.note = f"no {self.config.format} encoding at opset {opset}: left in float"

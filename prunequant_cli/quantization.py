@@ -39,6 +39,15 @@ def per_channel_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     return scale.astype(w.dtype)
 
 
+def per_block_scale(w: np.ndarray, block: int, bits: int) -> np.ndarray:
+    """One scale per block of ``block`` rows along axis 0 and per column: [rows/block, ...]."""
+    blocks = w.reshape(w.shape[0] // block, block, *w.shape[1:])
+    amax = np.abs(blocks).max(axis=1).astype(np.float64)
+    scale = np.maximum(amax / qmax(bits), np.finfo(w.dtype).tiny)
+    scale[amax == 0] = 1.0
+    return scale.astype(w.dtype)
+
+
 def half_scale(scale: np.ndarray) -> np.ndarray:
     """``scale`` as float16, rounded up, if every value fits in float16; else unchanged.
 

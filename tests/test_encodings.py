@@ -151,3 +151,40 @@ def test_auto_picks_the_smallest_measured_encoding():
     assert encodings.choose(dense, 21, auto, model.graph, shared).name == "int4"
     assert encodings.choose(sparse, 17, auto, model.graph, shared).name == "sparse4"
     assert encodings.choose(dense, 7, auto, model.graph, shared).name == "int8"
+
+
+def test_blocked_int4_for_matmul_becomes_matmulnbits(tmp_path):
+    shape = (64, 16)
+    w = _weight(shape, 0.0)
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", FLOAT, [1, shape[0]])],
+        [("y", FLOAT, [1, shape[1]])],
+        [tensor("W", w)],
+        opset=21,
+        ir_version=10,
+    )
+    model = ir.serde.deserialize_model(proto)
+    value = model.graph.initializers["W"]
+    site = WeightSite(value, model.graph, 1, ("MatMul",))
+    payload = make_payload(w, site, CompressConfig(bits=4, keep_quantized=True), False, 21)
+    assert payload.block_size == 32 and payload.scale.shape == (2, 16)
+    assert np.abs(payload.decode() - w).max() <= payload.scale.max() / 2 + 1e-6
+    shared = encodings.SharedConstants(encodings.NameAuthority(model), 21)
+    enc = encodings.choose(payload, 21, encodings.KEEP_QUANTIZED, model.graph, shared)
+    assert enc.name == "dq-int4-blocked"
+    enc.encode(model.graph, value, payload, shared)
+    written = ir.serde.serialize_model(model)
+    onnx.checker.check_model(written, full_check=True)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sess = ort.InferenceSession(
+        written.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    x = np.random.default_rng(2).standard_normal((1, shape[0])).astype(np.float32)
+    (y,) = sess.run(None, {"x": x})
+    # MatMulNBits quantizes the activations too: close, not exact
+    ref = (x @ payload.decode()).ravel().astype(np.float64)
+    assert np.dot(y.ravel(), ref) / (np.linalg.norm(y) * np.linalg.norm(ref)) > 0.999
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    assert "MatMulNBits" in ops
