@@ -33,6 +33,7 @@ from prunequant_cli.errors import (
     InputError,
     InvalidModelError,
     OutputError,
+    UnsupportedModelError,
     safe_text,
 )
 from prunequant_cli.selection import dims
@@ -186,6 +187,42 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
     return check
 
 
+def densify_sparse_initializers(proto: onnx.ModelProto) -> list[str]:
+    """Turn every ``sparse_initializer`` into a dense initializer; return their names.
+
+    onnx_ir does not carry sparse initializers, and onnxruntime densifies them at
+    load anyway; prunequant then stores the zeros its own way (a bitmask).
+    """
+    names = []
+    for graph in _graph_protos(proto.graph):
+        for sparse in graph.sparse_initializer:
+            values, indices = sparse.values, sparse.indices
+            if any(
+                t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
+                for t in (values, indices)
+            ):
+                raise UnsupportedModelError(
+                    f"sparse initializer {safe_text(values.name)} keeps its data in another file"
+                )
+            dims = tuple(int(d) for d in sparse.dims)
+            vals = onnx.numpy_helper.to_array(values).reshape(-1)
+            idx = onnx.numpy_helper.to_array(indices).astype(np.int64)
+            size = int(np.prod(dims, dtype=np.int64))
+            if idx.ndim == 2:  # [NNZ, rank] coordinates
+                idx = np.ravel_multi_index(tuple(idx.T), dims) if idx.size else idx.reshape(-1)
+            idx = idx.reshape(-1)
+            if idx.size != vals.size or (idx.size and (idx.min() < 0 or idx.max() >= size)):
+                raise InvalidModelError(
+                    f"sparse initializer {safe_text(values.name)} has indices outside its shape"
+                )
+            dense = np.zeros(size, dtype=vals.dtype)
+            dense[idx] = vals
+            graph.initializer.append(onnx.numpy_helper.from_array(dense.reshape(dims), values.name))
+            names.append(values.name)
+        del graph.sparse_initializer[:]
+    return names
+
+
 def _contained(base: Path, location: str) -> Path:
     """The external data file ``location`` names, refused unless it is safely inside ``base``."""
     rel = Path(location)
@@ -239,6 +276,7 @@ class LoadedModel:
     model: ir.Model
     path: Path
     external: set[Path] = field(default_factory=set)
+    densified: list[str] = field(default_factory=list)  # sparse initializers made dense
 
     @property
     def file_bytes(self) -> int:
@@ -263,6 +301,7 @@ def load_model(path: Path) -> LoadedModel:
         raise InvalidModelError(f"not an ONNX model: {safe_text(path)}") from None
     except OSError as e:
         raise InputError(f"cannot read {safe_text(path)}: {e.strerror}") from None
+    densified = densify_sparse_initializers(proto)
     try:
         onnx.checker.check_model(_checkable(proto))
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -271,7 +310,7 @@ def load_model(path: Path) -> LoadedModel:
         raise InvalidModelError(f"invalid ONNX model {safe_text(path)}: {first}") from None
     model = ir.serde.deserialize_model(proto)
     del proto
-    loaded = LoadedModel(model, path)
+    loaded = LoadedModel(model, path, densified=densified)
     base = path.parent
     for graph in model.graphs():
         for value in graph.initializers.values():

@@ -17,6 +17,7 @@ from prunequant_cli.errors import EvaluationError, UnsupportedModelError
 from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
     check_output_target,
+    densify_sparse_initializers,
     external_files,
     gzip_bytes,
     load_model,
@@ -72,15 +73,20 @@ def _as_bytes(source: str | bytes) -> bytes:
     return source
 
 
-def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None, set[Path]]:
-    """The model to work on, its path (None in memory) and its external data files."""
+def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None, set[Path], list[str]]:
+    """The model to work on, its path (None in memory), its external data files, and
+    the sparse initializers that were made dense."""
     if isinstance(model, (str, Path)):
         loaded = load_model(Path(model))
-        return loaded.model, loaded.path, loaded.external
+        return loaded.model, loaded.path, loaded.external, loaded.densified
+    proto = onnx.ModelProto()
     if isinstance(model, ir.Model):
-        model = ir.serde.serialize_model(model)  # work on a copy, never on the caller's model
-    copy = ir.serde.deserialize_model(model)
-    return copy, None, external_files(copy)
+        proto = ir.serde.serialize_model(model)
+    else:
+        proto.CopyFrom(model)  # work on a copy, never on the caller's model
+    densified = densify_sparse_initializers(proto)
+    copy = ir.serde.deserialize_model(proto)
+    return copy, None, external_files(copy), densified
 
 
 def compress(
@@ -111,7 +117,7 @@ def compress(
     evaluation = evaluation or EvalConfig()
     started = time.perf_counter()
     out = Path(output)
-    ir_model, in_path, in_external = _load_input(model)
+    ir_model, in_path, in_external, densified = _load_input(model)
     check_output_target(in_path, out, in_external)
 
     if in_path is not None:
@@ -134,6 +140,11 @@ def compress(
             f">= {MIN_OPSET} (convert it with onnx.version_converter first)"
         )
     notes = []
+    if densified:
+        notes.append(
+            f"{len(densified)} sparse initializer(s) read as dense tensors "
+            "(their zeros are stored with a bitmask where that is smaller)"
+        )
     release = ReleaseInitializerInputsPass()
     release(ir_model)
     if release.released:

@@ -302,3 +302,31 @@ def test_float16_where_whole_model_converters_break(tmp_path):
     for flag in (True, False):
         ya, yb = assert_close_outputs(src, out, {"x": rand((2, 4), 3), "c": np.array(flag)}, 0.9999)
         np.testing.assert_allclose(yb[0], ya[0], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("coordinates", [False, True])
+def test_sparse_initializers_are_read_and_compressed(tmp_path, coordinates):
+    w = rand((32, 16), 1)
+    w[np.random.default_rng(2).random(w.shape) < 0.9] = 0
+    flat = np.flatnonzero(w)
+    idx = np.stack(np.unravel_index(flat, w.shape), axis=1) if coordinates else flat
+    sparse = helper.make_sparse_tensor(
+        tensor("W", w.reshape(-1)[flat]), tensor("W_idx", idx.astype(np.int64)), list(w.shape)
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "sparse",
+        [helper.make_tensor_value_info("x", FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", FLOAT, ["N", 16])],
+        sparse_initializer=[sparse],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), EvalConfig(latency_runs=1))
+    assert [t.name for t in report.tensors] == ["W"]
+    assert any("sparse initializer" in n for n in report.notes)
+    assert report.evaluation.outputs[0].cosine > 0.999
+    assert not onnx.load(out).graph.sparse_initializer
+    run_both(src, out)
