@@ -17,7 +17,7 @@ from prunequant_cli import encodings, pruning, quantization
 from prunequant_cli.config import CompressConfig
 from prunequant_cli.encodings import Payload
 from prunequant_cli.report import TensorRecord
-from prunequant_cli.selection import WeightSite, dims
+from prunequant_cli.selection import WeightSite, classify, dims
 
 
 def _zeros(a: np.ndarray) -> int:
@@ -47,6 +47,42 @@ class ReleaseInitializerInputsPass(ir.passes.InPlacePass):
         graph.inputs[:] = keep
         model.ir_version = 4
         return ir.passes.PassResult(model, modified=True)
+
+
+class LiftWeightConstantsPass(ir.passes.InPlacePass):
+    """Constant nodes that hold weights become initializers, so they can be compressed.
+
+    Some exporters write weights as Constant nodes (also inside If branches); a
+    Constant is lifted only when its every use is a weight slot.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lifted: list[str] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for graph in model.graphs():
+            for node in list(graph):
+                if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+                    continue
+                attr = node.attributes.get("value")
+                if attr is None or len(node.attributes) != 1 or not node.outputs[0].name:
+                    continue
+                tensor = attr.as_tensor()
+                out = node.outputs[0]
+                if isinstance(classify(out, tensor), str):
+                    continue
+                lifted = ir.Value(
+                    name=out.name,
+                    shape=ir.Shape(dims(tensor)),
+                    type=ir.TensorType(tensor.dtype),
+                    const_value=tensor,
+                )
+                out.replace_all_uses_with(lifted)
+                graph.remove(node, safe=True)
+                graph.register_initializer(lifted)
+                self.lifted.append(out.name or "")
+        return ir.passes.PassResult(model, modified=bool(self.lifted))
 
 
 class PrunePass(ir.passes.InPlacePass):

@@ -25,6 +25,7 @@ from prunequant_cli.model_io import (
     save_model,
 )
 from prunequant_cli.passes import (
+    LiftWeightConstantsPass,
     PrunePass,
     QuantizePass,
     ReleaseInitializerInputsPass,
@@ -147,6 +148,10 @@ def compress(
         )
     release = ReleaseInitializerInputsPass()
     release(ir_model)
+    lift = LiftWeightConstantsPass()
+    lift(ir_model)
+    if lift.lifted:
+        notes.append(f"{len(lift.lifted)} weight(s) held in Constant nodes were made initializers")
     if release.released:
         notes.append(
             f"IR version {release.old_ir_version} lists every initializer as a graph input; "

@@ -99,9 +99,12 @@ def _uses_through_identity(value: ir.Value, depth: int = 0) -> list[Usage] | str
     return uses
 
 
-def _classify(value: ir.Value, graph: ir.Graph) -> tuple[int, tuple[str, ...]] | str:
-    """(axis, consumer ops) for a weight, or the reason it is not one."""
-    tensor = value.const_value
+def classify(
+    value: ir.Value, tensor: ir.TensorProtocol | None = None
+) -> tuple[int, tuple[str, ...]] | str:
+    """(axis, consumer ops) if ``value`` (holding ``tensor``, by default its constant
+    value) is a weight, or the reason it is not one."""
+    tensor = value.const_value if tensor is None else tensor
     if tensor is None:
         return "no constant value"
     if tensor.dtype not in FLOAT_TYPES:
@@ -145,7 +148,7 @@ def select_weights(
             if any(fnmatch.fnmatchcase(name, p) for p in patterns):
                 skipped.append(Skipped(name, "excluded by --exclude"))
                 continue
-            found = _classify(value, graph)
+            found = classify(value)
             if isinstance(found, str):
                 skipped.append(Skipped(name, found))
             else:

@@ -330,3 +330,42 @@ def test_sparse_initializers_are_read_and_compressed(tmp_path, coordinates):
     assert report.evaluation.outputs[0].cosine > 0.999
     assert not onnx.load(out).graph.sparse_initializer
     run_both(src, out)
+
+
+def test_weights_in_constant_nodes_inside_if_branches(tmp_path):
+    def branch(name, seed):
+        return helper.make_graph(
+            [
+                helper.make_node(
+                    "Constant", [], [f"W_{name}"], value=tensor(f"W_{name}", rand((4, 3), seed))
+                ),
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [f"shape_{name}"],
+                    value=tensor(f"s_{name}", np.array([-1, 3], np.int64)),
+                ),
+                helper.make_node("MatMul", ["x", f"W_{name}"], [f"m_{name}"]),
+                helper.make_node("Reshape", [f"m_{name}", f"shape_{name}"], [f"y_{name}"]),
+            ],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"y_{name}", FLOAT, ["N", 3])],
+        )
+
+    model = make_model(
+        [
+            helper.make_node(
+                "If", ["c"], ["y"], then_branch=branch("then", 1), else_branch=branch("else", 2)
+            )
+        ],
+        [("x", FLOAT, ["N", 4]), ("c", onnx.TensorProto.BOOL, [])],
+        [("y", FLOAT, ["N", 3])],
+    )
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=4), NO_EVAL)
+    assert sorted(t.name for t in report.tensors) == ["W_else", "W_then"]
+    assert any("Constant nodes" in n for n in report.notes)
+    for flag in (True, False):
+        assert_close_outputs(src, out, {"x": rand((3, 4), 5), "c": np.array(flag)}, 0.97)
