@@ -20,6 +20,7 @@ kernels.)
 | codebook-packed4/2| codebook | 11    | uint8 planes unpacked, then Gather                 |
 | float16           | float16  | 7     | Cast(float16 values)                               |
 | sparse-float      | float    | 11    | bitmask + Gather of the non-zero float values      |
+| coordinates(-float)| uniform/float | 11 | gaps between non-zeros, CumSum, ScatterND          |
 | dq-int8 / dq-int4 | uniform  | 13/21 | DequantizeLinear, kept in the session              |
 | dq-int4-blocked   | uniform  | 21    | DequantizeLinear with block_size (MatMul weights)  |
 
@@ -33,6 +34,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -212,7 +214,7 @@ class DecodeBuilder:
             self.bytes += int(array.nbytes) + len(key) + 40
         return ir.Value(name=f"pq_{key}", const_value=ir.Tensor(array))
 
-    def node(self, op: str, inputs: Sequence[ir.Value], **attrs: int | str | list[int]) -> ir.Value:
+    def node(self, op: str, inputs: Sequence[ir.Value], **attrs: Any) -> ir.Value:
         # Decoder intermediates get short names: in a small model their bytes count.
         name = "pq00" if self.dry else self.names.fresh("pq", numbered=True)
         out = ir.Value(name=name)
@@ -496,6 +498,61 @@ class SparseFloat(Encoding):
         return _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
 
 
+class SparseCoordinates(Encoding):
+    """Very sparse tensors: the gaps between non-zeros (uint8/16/32) plus their values.
+
+    Decode: positions = CumSum(Cast(gaps)) - 1, then ScatterND of the values into
+    ConstantOfShape zeros, all constant-foldable. Beats the bitmask once the gaps
+    cost less than the mask's n/8 bytes (about 90% sparsity and beyond).
+    """
+
+    min_opset = 11
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = "coordinates" if kind == "uniform" else "coordinates-float"
+        self.max_bits = 8 if kind == "uniform" else 64
+
+    @staticmethod
+    def _flat(p: Payload) -> np.ndarray:
+        data = p.codes if p.kind == "uniform" else p.values
+        assert data is not None
+        return data.reshape(-1)
+
+    def worth_trying(self, p: Payload) -> bool:
+        flat = self._flat(p)
+        nnz = int(np.count_nonzero(flat))
+        return nnz > 0 and nnz * (1 + flat.dtype.itemsize) < p.size * flat.dtype.itemsize
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        flat = self._flat(p)
+        positions = np.flatnonzero(flat)
+        gaps = np.diff(positions, prepend=-1)
+        gap_type = next(
+            t for t in (np.uint8, np.uint16, np.uint32) if gaps.max() <= np.iinfo(t).max
+        )
+        gap_v = b.init("gaps", gaps.astype(gap_type))
+        values = b.init("nz", flat[positions])
+        idx = b.node(
+            "CumSum",
+            [
+                b.node("Cast", [gap_v], to=ir.DataType.INT64.value),
+                b.const("i64_0s", np.array(0, np.int64)),
+            ],
+        )
+        idx = b.node("Sub", [idx, b.const("i64_1s", np.array(1, np.int64))])
+        idx = b.node("Reshape", [idx, b.const("i64_minus1_1", np.array([-1, 1], np.int64))])
+        zero = ir.tensor(np.zeros(1, flat.dtype))
+        zeros = b.node(
+            "ConstantOfShape", [b.init("count", np.array([p.size], np.int64))], value=zero
+        )
+        dense = _reshape(b, b.node("ScatterND", [zeros, idx, values]))
+        if p.kind != "uniform":
+            return dense
+        return b.node("Mul", [b.node("Cast", [dense], to=p.dtype.value), _scale(b)])
+
+
 class Codebook(Encoding):
     """Indices into a per-tensor codebook: one byte each, or packed at 4/2 bits."""
 
@@ -584,6 +641,7 @@ UNIFORM = (
     PackedUint(2),
     SparseBitmask(8),
     SparseBitmask(4),
+    SparseCoordinates("uniform"),
 )
 CODEBOOK = (
     Codebook(8, False),
@@ -594,8 +652,8 @@ CODEBOOK = (
 )
 FLOAT16 = (Float16(),)
 KEEP_QUANTIZED = (DequantizeLinear(8), DequantizeLinear(4), DequantizeLinearBlocked())
-SPARSE_FLOAT = SparseFloat()
-ALL = (*UNIFORM, *CODEBOOK, *FLOAT16, *KEEP_QUANTIZED, SPARSE_FLOAT)
+SPARSE_FLOAT = (SparseFloat(), SparseCoordinates("float"))
+ALL = (*UNIFORM, *CODEBOOK, *FLOAT16, *KEEP_QUANTIZED, *SPARSE_FLOAT)
 BY_NAME = {e.name: e for e in ALL}
 
 #: What ``--format`` can ask for, and the encodings each choice may use.
@@ -611,7 +669,7 @@ FORMATS: dict[str, tuple[Encoding, ...]] = {
         *FLOAT16,
     ),
     "int8": (Int8(), Codebook(8, False), *FLOAT16),
-    "sparse": (SparseBitmask(8), SparseBitmask(4)),
+    "sparse": (SparseBitmask(8), SparseBitmask(4), SparseCoordinates("uniform")),
 }
 
 
@@ -646,10 +704,12 @@ def describe_encoding(encoding: str, bits: int | None) -> str:
         "codebook-packed2": "codebook, 2-bit packed index",
         "float16": "float16",
         "sparse-float": "bitmask + float values",
+        "coordinates": "gaps + int8 values ×scale",
+        "coordinates-float": "gaps + float values",
         "dq-int8": "DequantizeLinear int8",
         "dq-int4": "DequantizeLinear int4",
         "dq-int4-blocked": "DequantizeLinear int4, blocks of 32",
     }.get(encoding, encoding)
-    if bits is None or encoding in ("float16", "sparse-float"):
+    if bits is None or encoding in ("float16", "sparse-float", "coordinates-float"):
         return label
     return f"{label} ({bits}-bit codes)"

@@ -243,10 +243,14 @@ class QuantizePass(ir.passes.InPlacePass):
         """Without quantization, keep each pruned weight as a bitmask plus its non-zeros
         where that is smaller than the dense floats, so the zeros cost less on disk."""
         modified = False
-        sparse = encodings.SPARSE_FLOAT
         for site in self.sites:
             record = self.records[site.name]
-            if record.zeros_after_prune is None or record.zeros_after_prune == record.zeros_before:
+            zeros = (
+                record.zeros_before
+                if record.zeros_after_prune is None
+                else record.zeros_after_prune
+            )
+            if zeros == 0:
                 continue
             tensor = site.value.const_value
             assert tensor is not None
@@ -254,9 +258,8 @@ class QuantizePass(ir.passes.InPlacePass):
             payload = Payload(
                 site.name, tuple(int(d) for d in w.shape), tensor.dtype, site.axis, 32, values=w
             )
-            if not sparse.applies(payload, opset):
-                continue
-            if sparse.cost(site.graph, payload, shared) >= w.nbytes:
+            sparse = encodings.choose(payload, opset, encodings.SPARSE_FLOAT, site.graph, shared)
+            if sparse is None or sparse.cost(site.graph, payload, shared) >= w.nbytes:
                 continue
             encoded = sparse.encode(site.graph, site.value, payload, shared)
             site.value.const_value = None

@@ -15,7 +15,20 @@ from prunequant_cli.config import CompressConfig
 from prunequant_cli.passes import make_payload
 from prunequant_cli.selection import WeightSite
 
-DECODER_OPS = {"Cast", "Mul", "Sub", "Div", "Mod", "Concat", "Slice", "Reshape", "Gather", "CumSum"}
+DECODER_OPS = {
+    "Cast",
+    "Mul",
+    "Sub",
+    "Div",
+    "Mod",
+    "Concat",
+    "Slice",
+    "Reshape",
+    "Gather",
+    "CumSum",
+    "ScatterND",
+    "ConstantOfShape",
+}
 
 
 def _weight(shape, sparsity, seed=0):
@@ -71,6 +84,8 @@ CASES = [
     ("codebook-packed2", 2, "codebook", 0.0),
     ("float16", 16, "uniform", 0.0),
     ("sparse-float", 32, "uniform", 0.7),
+    ("coordinates", 8, "uniform", 0.95),
+    ("coordinates-float", 32, "uniform", 0.95),
 ]
 OPSETS = [11, 13, 17, 21, 25]
 SHAPES = [(16, 6), (15, 7)]  # even rows (planes along axis 0) and odd sizes (flat, sliced)
