@@ -10,17 +10,19 @@ The command-line tool is a thin layer over this package::
 
 from __future__ import annotations
 
-from prunequant_cli.config import CompressConfig, EvalConfig
+from prunequant_cli.config import CompressConfig, EvalConfig, GateConfig
 from prunequant_cli.errors import PrunequantError
-from prunequant_cli.pipeline import compress, inspect_model
+from prunequant_cli.pipeline import compare, compress, inspect_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompressConfig",
     "EvalConfig",
+    "GateConfig",
     "PrunequantError",
     "__version__",
+    "compare",
     "compress",
     "inspect_model",
 ]

@@ -1,20 +1,30 @@
 """The ``prunequant`` command: parse options, call the pipeline, print, map errors to exit codes.
 
 stdout carries the result only (a table, or one JSON document with ``--json``);
-errors go to stderr as one line. No graph logic lives here.
+progress goes to stderr when it is a terminal, errors to stderr as one line. No
+graph logic lives here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from prunequant_cli.errors import EXIT_CODES, EXIT_INTERNAL, PrunequantError, safe_text
+from prunequant_cli.errors import (
+    EXIT_CODES,
+    EXIT_GATE,
+    EXIT_INTERNAL,
+    OutputError,
+    PrunequantError,
+    safe_text,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,9 +40,55 @@ def _console() -> Any:
     return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
+class _RichProgress:
+    """A transient progress bar on stderr: one task per stage, advanced per tensor."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task: Any = None
+        self._bar.start()
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task)
+
+    def done(self) -> None:
+        self._bar.stop()
+
+
+def _progress(quiet: bool) -> Any:
+    return _RichProgress() if sys.stderr.isatty() and not quiet else None
+
+
 def _emit_json(doc: dict[str, Any]) -> None:
     # Plain write, never through rich: it would wrap long lines off a terminal.
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a report file atomically: a temporary file beside it, then a rename."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write report {safe_text(path)}: {e.strerror or e}") from None
 
 
 def _fail(message: str, code: int) -> None:
@@ -40,10 +96,10 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _run(debug: bool, action: Callable[[], None]) -> None:
+def _run(debug: bool, action: Callable[[], int]) -> None:
     """Run a command body: user errors as one line + exit code, bugs with a traceback."""
     try:
-        action()
+        code = action()
     except PrunequantError as e:
         if debug:
             raise
@@ -55,16 +111,169 @@ def _run(debug: bool, action: Callable[[], None]) -> None:
             raise
         what = f"{type(e).__name__}: {safe_text(e)}"
         _fail(f"internal error: {what} (rerun with --debug for the traceback)", EXIT_INTERNAL)
+    else:
+        sys.exit(code)
 
 
-def debug_option(f: F) -> F:
-    return click.option("--debug", is_flag=True, help="Show the traceback of internal errors.")(f)
+def _input_shape(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    shapes = []
+    for text in values:
+        name, sep, dims = text.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise click.BadParameter(f"{text!r} is not NAME:DIMS like input:1x3x224x224")
+        shapes.append((name, shape))
+    return tuple(shapes)
 
 
-def json_option(f: F) -> F:
-    return click.option(
-        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
-    )(f)
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+evaluation_options = _options(
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        help="Evaluation inputs: an .npz (arrays keyed by input name, optional 'labels'), an "
+        ".npy, or a folder of them. Without it, seeded random inputs (agreement only).",
+    ),
+    click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        callback=_input_shape,
+        metavar="NAME:DIMS",
+        help="Fix an input's symbolic dimensions, e.g. images:1x3x224x224 (repeatable).",
+    ),
+    click.option("--samples", type=click.IntRange(min=1), help="Evaluate on at most N samples."),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=64,
+        show_default=True,
+        help="Samples per onnxruntime run when the batch dimension is free.",
+    ),
+    click.option(
+        "--label-output", help="The output the labels refer to, when the model has several."
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="onnxruntime intra-op threads, the same for both models.",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of synthetic inputs."
+    ),
+    click.option(
+        "--per-layer",
+        is_flag=True,
+        help="Also measure the error each weight introduces in its own layer's output.",
+    ),
+)
+
+gate_options = _options(
+    click.option(
+        "--max-accuracy-drop",
+        type=click.FloatRange(min=0),
+        metavar="POINTS",
+        help="Gate: accuracy on the labels may drop by at most this many points.",
+    ),
+    click.option(
+        "--min-agreement",
+        type=click.FloatRange(0, 1),
+        metavar="F",
+        help="Gate: top-1 agreement with the original at least F (0..1).",
+    ),
+    click.option(
+        "--min-cosine",
+        type=click.FloatRange(-1, 1),
+        metavar="F",
+        help="Gate: cosine similarity of every output at least F.",
+    ),
+    click.option(
+        "--min-ratio",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="R",
+        help="Gate: the output at least R times smaller (original / compressed bytes).",
+    ),
+    click.option(
+        "--max-latency-ratio",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="R",
+        help="Gate: median latency at most R times the original's.",
+    ),
+)
+
+output_options = _options(
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout."),
+    click.option(
+        "--report",
+        "report_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also write a Markdown summary here (for a CI job summary).",
+    ),
+    click.option("-v", "--verbose", is_flag=True, help="Also show the per-tensor breakdown."),
+    click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="No table and no progress; errors only (--json still prints).",
+    ),
+    click.option("--debug", is_flag=True, help="Show the traceback of internal errors."),
+)
+
+
+def _configs(opts: dict[str, Any], no_eval: bool) -> tuple[Any, Any]:
+    from prunequant_cli.config import EvalConfig, GateConfig
+
+    ev = EvalConfig(
+        enabled=not no_eval,
+        data=opts["data"],
+        samples=opts["samples"],
+        batch_size=opts["batch_size"],
+        threads=opts["threads"],
+        seed=opts["seed"],
+        input_shapes=opts["input_shapes"],
+        label_output=opts["label_output"],
+        per_layer=opts["per_layer"],
+    )
+    gates = GateConfig(
+        max_accuracy_drop=opts["max_accuracy_drop"],
+        min_agreement=opts["min_agreement"],
+        min_cosine=opts["min_cosine"],
+        min_ratio=opts["min_ratio"],
+        max_latency_ratio=opts["max_latency_ratio"],
+    )
+    return ev, gates
+
+
+def _finish(report: Any, opts: dict[str, Any]) -> int:
+    """Print the report as asked, write --report, and say the exit code."""
+    from prunequant_cli.report import markdown_report, render_compress
+
+    if opts["report_path"] is not None:
+        _write_text(opts["report_path"], markdown_report(report))
+    if opts["as_json"]:
+        _emit_json(report.to_dict())
+    elif not opts["quiet"]:
+        render_compress(report, _console(), verbose=opts["verbose"])
+    if not report.passed:
+        failed = ", ".join(g.name for g in report.gates if not g.passed)
+        click.echo(f"prunequant: gate failed: {failed}", err=True)
+        return EXIT_GATE
+    return 0
 
 
 @click.group(
@@ -113,7 +322,7 @@ def main() -> None:
     show_default=True,
     help="How codes are stored: auto picks the smallest form per tensor that runs at the "
     "model's opset; dense never uses a bitmask; int8 one byte per code; sparse a bitmask "
-    "of the non-zeros.",
+    "or coordinates of the non-zeros.",
 )
 @click.option(
     "--keep-quantized",
@@ -128,101 +337,76 @@ def main() -> None:
     metavar="GLOB",
     help="Leave weights whose name matches this glob untouched (repeatable).",
 )
-@click.option(
-    "--data",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Evaluation inputs: an .npz keyed by input name, with optional 'labels'. "
-    "Without it, seeded random inputs (agreement with the original only).",
-)
-@click.option("--samples", type=click.IntRange(min=1), help="Evaluate on at most N samples.")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Samples per onnxruntime run when the batch dimension is free.",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="onnxruntime intra-op threads, the same for both models.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic inputs.")
 @click.option("--no-eval", is_flag=True, help="Write the model without running onnxruntime.")
-@click.option("-v", "--verbose", is_flag=True, help="Also show the per-tensor breakdown.")
-@json_option
-@debug_option
-def compress(
-    model: Path,
-    output: Path,
-    threshold: float | None,
-    sparsity: float | None,
-    bits: int,
-    quant: str,
-    storage: str,
-    keep_quantized: bool,
-    no_quantize: bool,
-    exclude: tuple[str, ...],
-    data: Path | None,
-    samples: int | None,
-    batch_size: int,
-    threads: int,
-    seed: int,
-    no_eval: bool,
-    verbose: bool,
-    as_json: bool,
-    debug: bool,
-) -> None:
+@evaluation_options
+@gate_options
+@output_options
+def compress(model: Path, output: Path, **opts: Any) -> None:
     """Prune, then quantize the weights of MODEL; write OUTPUT; compare both in onnxruntime.
+
+    A failed gate still writes OUTPUT and the reports, then exits with the gate code.
 
     \b
     Examples:
       prunequant compress model.onnx small.onnx --bits 8 --data holdout.npz
       prunequant compress model.onnx small.onnx --threshold 0.01 --bits 4 --json
+      prunequant compress model.onnx small.onnx --data holdout.npz --max-accuracy-drop 1
     """
 
-    def body() -> None:
-        from prunequant_cli.config import CompressConfig, EvalConfig
+    def body() -> int:
+        from prunequant_cli.config import CompressConfig
         from prunequant_cli.pipeline import compress as run_compress
 
         config = CompressConfig(
-            threshold=threshold,
-            sparsity=sparsity,
-            bits=None if no_quantize else bits,
-            quant=quant,
-            format=storage,
-            keep_quantized=keep_quantized,
-            exclude=exclude,
+            threshold=opts["threshold"],
+            sparsity=opts["sparsity"],
+            bits=None if opts["no_quantize"] else opts["bits"],
+            quant=opts["quant"],
+            format=opts["storage"],
+            keep_quantized=opts["keep_quantized"],
+            exclude=opts["exclude"],
         )
-        ev = EvalConfig(
-            enabled=not no_eval,
-            data=data,
-            samples=samples,
-            batch_size=batch_size,
-            threads=threads,
-            seed=seed,
-        )
-        report = run_compress(model, output, config, ev)
-        if as_json:
-            _emit_json(report.to_dict())
-        else:
-            from prunequant_cli.report import render_compress
+        ev, gates = _configs(opts, opts["no_eval"])
+        report = run_compress(model, output, config, ev, gates, _progress(opts["quiet"]))
+        return _finish(report, opts)
 
-            render_compress(report, _console(), verbose=verbose)
+    _run(opts["debug"], body)
 
-    _run(debug, body)
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("model_a", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model_b", type=click.Path(dir_okay=False, path_type=Path))
+@evaluation_options
+@gate_options
+@output_options
+def compare(model_a: Path, model_b: Path, **opts: Any) -> None:
+    """Compare MODEL_B against MODEL_A (the original), e.g. one compressed by another tool.
+
+    Same table, same JSON and same gates as compress.
+
+    \b
+    Example:
+      prunequant compare model.onnx model.int8.onnx --data holdout.npz --min-agreement 0.99
+    """
+
+    def body() -> int:
+        from prunequant_cli.pipeline import compare as run_compare
+
+        ev, gates = _configs(opts, no_eval=False)
+        report = run_compare(model_a, model_b, ev, gates, _progress(opts["quiet"]))
+        return _finish(report, opts)
+
+    _run(opts["debug"], body)
 
 
 @main.command(epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@json_option
-@debug_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--debug", is_flag=True, help="Show the traceback of internal errors.")
 def inspect(model: Path, as_json: bool, debug: bool) -> None:
     """Show what is inside MODEL: inputs, outputs, ops, every tensor and how weights are stored."""
 
-    def body() -> None:
+    def body() -> int:
         from prunequant_cli.inspection import render_inspection
         from prunequant_cli.pipeline import inspect_model
 
@@ -231,5 +415,6 @@ def inspect(model: Path, as_json: bool, debug: bool) -> None:
             _emit_json(info.to_dict())
         else:
             render_inspection(info, _console())
+        return 0
 
     _run(debug, body)

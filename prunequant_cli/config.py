@@ -83,14 +83,18 @@ class EvalConfig:
 
     Attributes:
         enabled: Run the comparison at all.
-        data: An ``.npz`` of inputs keyed by input name (optional ``labels``);
-            None for seeded synthetic inputs.
+        data: An ``.npz``/``.npy`` file or a folder of them, arrays keyed by input
+            name (optional ``labels``); None for seeded synthetic inputs.
         samples: Use at most this many samples of the data.
         synthetic_samples: How many synthetic samples to draw without data.
         batch_size: Samples per run when the model's batch dimension is free.
         seed: Seed of the synthetic inputs.
         latency_runs: Timed runs per model (after warm-up) for the latency median.
         threads: onnxruntime intra-op threads, the same for both models.
+        input_shapes: Fixed shapes for inputs with symbolic dimensions.
+        label_output: The output the labels refer to, when there are several.
+        per_layer: Also measure the error each compressed weight introduces in
+            its own layer's output.
     """
 
     enabled: bool = True
@@ -101,6 +105,9 @@ class EvalConfig:
     seed: int = 0
     latency_runs: int = 20
     threads: int = 1
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    label_output: str | None = None
+    per_layer: bool = False
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -111,3 +118,46 @@ class EvalConfig:
             raise UsageError(f"latency runs must be at least 1, got {self.latency_runs}")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Pass/fail conditions for CI. None leaves a gate off.
+
+    Attributes:
+        max_accuracy_drop: Most accuracy (in points) the compressed model may lose.
+        min_agreement: Least top-1 agreement with the original (0..1).
+        min_cosine: Least cosine similarity of every output (-1..1).
+        min_ratio: Least compression ratio, original / compressed file bytes.
+        max_latency_ratio: Most compressed / original median latency.
+    """
+
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    min_cosine: float | None = None
+    min_ratio: float | None = None
+    max_latency_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise UsageError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise UsageError(f"--min-cosine must be within [-1, 1], got {self.min_cosine}")
+        for flag, value in (
+            ("--min-ratio", self.min_ratio),
+            ("--max-latency-ratio", self.max_latency_ratio),
+        ):
+            if value is not None and value <= 0:
+                raise UsageError(f"{flag} must be positive, got {value}")
+
+    @property
+    def needs_evaluation(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.max_accuracy_drop,
+                self.min_agreement,
+                self.min_cosine,
+                self.max_latency_ratio,
+            )
+        )

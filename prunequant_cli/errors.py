@@ -17,6 +17,7 @@ EXIT_INVALID_MODEL = 4
 EXIT_UNSUPPORTED = 5
 EXIT_OUTPUT = 6
 EXIT_EVALUATION = 7
+EXIT_GATE = 8
 
 #: (code, meaning) for the README and ``--help``.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -28,6 +29,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_UNSUPPORTED, "valid model that prunequant cannot process"),
     (EXIT_OUTPUT, "output refused or could not be written (nothing is left behind)"),
     (EXIT_EVALUATION, "onnxruntime could not run the original or the compressed model"),
+    (EXIT_GATE, "a gate failed (the model and the reports were still written)"),
 )
 
 

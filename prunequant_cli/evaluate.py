@@ -1,10 +1,11 @@
 """Run the original and the compressed model in onnxruntime on the same inputs.
 
 Metrics are computed in float64 over every output: cosine similarity, max and mean
-absolute error, top-1 agreement for classifier-like outputs ([batch, classes]),
-accuracy against labels when the data has them, and NaN/Inf counts in the
-compressed outputs. Latency is the median of interleaved timed runs of one batch,
-after warm-up, with the same session options and thread count for both models.
+absolute error, relative error and SQNR; top-1 and top-5 agreement for
+classifier-like outputs ([batch, classes]); accuracy against labels when the data
+has them; NaN/Inf counts in the compressed outputs. Latency is the median and p90
+of interleaved timed runs of one batch, after warm-up, with the same session
+options and thread count for both models.
 """
 
 from __future__ import annotations
@@ -79,44 +80,77 @@ def input_specs(session: Any) -> list[InputSpec]:
     return specs
 
 
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Arrays by name from an ``.npz``, an ``.npy`` (named after the file), or a folder of them.
+
+    In a folder, arrays of the same name from several files are concatenated along
+    the sample axis, in file-name order.
+    """
+    from prunequant_cli.model_io import check_readable_file
+
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+        if not files:
+            raise InputError(f"no .npy or .npz files in data folder {safe_text(path)}")
+    else:
+        check_readable_file(path, "data file")
+        files = [path]
+    parts: dict[str, list[np.ndarray]] = {}
+    for f in files:
+        try:
+            if f.suffix == ".npy":
+                parts.setdefault(f.stem, []).append(np.load(f, allow_pickle=False))
+            else:
+                with np.load(f, allow_pickle=False) as npz:
+                    for k in npz.files:
+                        parts.setdefault(k, []).append(npz[k])
+        except Exception as e:
+            raise InputError(f"cannot read data file {safe_text(f)}: {safe_text(e)}") from None
+    try:
+        return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+    except ValueError as e:
+        raise UsageError(f"data files do not stack: {safe_text(e)}") from None
+
+
 def load_data(
     path: Path, specs: list[InputSpec], notes: list[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Inputs keyed by name (checked against the model) and optional labels."""
-    from prunequant_cli.model_io import check_readable_file
-
-    check_readable_file(path, "data file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:
-        raise InputError(f"cannot read data file {safe_text(path)}: {safe_text(e)}") from None
+    arrays = read_arrays(path)
     labels = arrays.pop("labels", None)
+    if len(specs) == 1 and specs[0].name not in arrays and len(arrays) == 1:
+        only = next(iter(arrays))
+        notes.append(f"data array {only!r} used as input {specs[0].name!r}")
+        arrays = {specs[0].name: arrays[only]}
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name not in arrays:
             have = ", ".join(sorted(arrays)) or "nothing"
             raise UsageError(
-                f"data file has no array for input {safe_text(spec.name)!r}"
-                f" (it has: {safe_text(have)})"
+                f"data has no array for input {safe_text(spec.name)!r} (it has: {safe_text(have)})"
             )
         a = arrays[spec.name]
-        if a.dtype != spec.dtype:
-            if a.dtype.kind == spec.dtype().dtype.kind == "f":
-                notes.append(f"input {spec.name}: {a.dtype} data cast to {np.dtype(spec.dtype)}")
-                a = a.astype(spec.dtype)
+        want = np.dtype(spec.dtype)
+        if a.dtype != want:
+            if a.dtype.kind == want.kind == "f" or (a.dtype.kind in "iu" and want.kind in "iu"):
+                if not np.array_equal(a.astype(want).astype(a.dtype), a):
+                    raise UsageError(
+                        f"input {safe_text(spec.name)!r} is {want}; the {a.dtype} data "
+                        "does not fit in it"
+                    )
+                notes.append(f"input {spec.name}: {a.dtype} data cast to {want}")
+                a = a.astype(want)
             else:
-                want = np.dtype(spec.dtype)
                 raise UsageError(
                     f"input {safe_text(spec.name)!r} is {want} but the data is {a.dtype}"
                 )
         if a.ndim != len(spec.shape) or any(
             d is not None and d != s for d, s in zip(spec.shape[1:], a.shape[1:], strict=False)
         ):
-            want = "×".join("?" if d is None else str(d) for d in spec.shape)
+            shape = "×".join("?" if d is None else str(d) for d in spec.shape)
             have = "×".join(map(str, a.shape))
             raise UsageError(
-                f"input {safe_text(spec.name)!r} expects shape {want}, data has {have}"
+                f"input {safe_text(spec.name)!r} expects shape {shape}, data has {have}"
             )
         feeds[spec.name] = a
     sizes = {a.shape[0] for a in feeds.values() if a.ndim}
@@ -125,6 +159,27 @@ def load_data(
     if labels is not None and sizes and labels.shape[0] != next(iter(sizes)):
         raise UsageError(f"data has {labels.shape[0]} labels for {next(iter(sizes))} samples")
     return feeds, labels
+
+
+def apply_input_shapes(
+    specs: list[InputSpec], shapes: tuple[tuple[str, tuple[int, ...]], ...]
+) -> list[InputSpec]:
+    """Fix symbolic dimensions with ``--input-shape name:1x3x224x224``."""
+    by_name = {s.name: s for s in specs}
+    for name, dims in shapes:
+        spec = by_name.get(name)
+        if spec is None:
+            known = ", ".join(by_name)
+            raise UsageError(f"--input-shape names no model input: {name!r} (inputs: {known})")
+        if len(dims) != len(spec.shape) or any(
+            d is not None and d != v for d, v in zip(spec.shape, dims, strict=True)
+        ):
+            shape = "×".join("?" if d is None else str(d) for d in spec.shape)
+            raise UsageError(
+                f"--input-shape {name}:{'x'.join(map(str, dims))} does not fit input shape {shape}"
+            )
+        by_name[name] = InputSpec(name, spec.dtype, tuple(dims))
+    return [by_name[s.name] for s in specs]
 
 
 def synthetic_inputs(specs: list[InputSpec], samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -178,29 +233,54 @@ def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarra
 
 def _metrics(name: str, a: list[np.ndarray], b: list[np.ndarray]) -> OutputMetrics:
     if any(t.dtype.kind not in "fiub" for t in (*a, *b)):  # strings, maps, sequences
-        return OutputMetrics(name, None, None, None, None, 0)
+        return OutputMetrics(name)
     x = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in a])
     y = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in b])
-    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
-    top1 = None
+    # NaN/Inf that the compressed model introduces (where the original is finite)
+    m = OutputMetrics(name, nonfinite=int(np.count_nonzero(~np.isfinite(y) & np.isfinite(x))))
     if all(t.ndim == 2 and t.shape[1] > 1 for t in a) and a[0].dtype.kind == "f":
-        pa = np.concatenate([t.argmax(1) for t in a])
-        pb = np.concatenate([t.argmax(1) for t in b])
-        top1 = float(np.mean(pa == pb)) if pa.size else None
+        top_a = np.concatenate([t.argmax(1) for t in a])
+        if top_a.size:
+            m.top1_agreement = float(np.mean(top_a == np.concatenate([t.argmax(1) for t in b])))
+            k = min(5, a[0].shape[1])
+            top5_b = np.concatenate([np.argsort(-t, axis=1, kind="stable")[:, :k] for t in b])
+            m.top5_agreement = float(np.mean((top5_b == top_a[:, None]).any(axis=1)))
     if x.size == 0:
-        return OutputMetrics(name, None, None, None, top1, nonfinite)
-    diff = np.abs(x - y)
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+        return m
+    diff = x - y
+    m.max_abs_error = float(np.abs(diff).max())
+    m.mean_abs_error = float(np.abs(diff).mean())
+    m.cosine, m.relative_error, m.sqnr_db = closeness(x, y)
+    return m
+
+
+def closeness(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None, float | None]:
+    """(cosine, relative error, SQNR in dB) of ``y`` against reference ``x``, in float64.
+
+    Non-finite values in ``y`` give cosine 0 and no relative error or SQNR; the
+    SQNR of identical arrays is infinite and reported as None.
+    """
+    x = x.astype(np.float64).reshape(-1)
+    y = y.astype(np.float64).reshape(-1)
+    if not np.isfinite(y).all():
+        return 0.0, None, None
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
     if nx == 0 and ny == 0:
         cosine = 1.0
-    elif nx == 0 or ny == 0 or not np.isfinite(nx * ny):
+    elif nx == 0 or ny == 0:
         cosine = 0.0
     else:
-        cosine = float(np.dot(x, y) / (nx * ny))
-    return OutputMetrics(name, cosine, float(diff.max()), float(diff.mean()), top1, nonfinite)
+        cosine = float(np.clip(np.dot(x, y) / (nx * ny), -1.0, 1.0))
+    noise = float(np.linalg.norm(x - y))
+    relative = noise / nx if nx else (0.0 if noise == 0 else None)
+    sqnr = None if noise == 0 else (20 * np.log10(nx / noise) if nx else None)
+    return cosine, relative, None if sqnr is None else float(sqnr)
 
 
-def _latency_ms(sessions: list[Any], feed: dict[str, np.ndarray], runs: int) -> list[float]:
+def _latency_ms(
+    sessions: list[Any], feed: dict[str, np.ndarray], runs: int
+) -> list[tuple[float, float]]:
+    """(median, p90) milliseconds of each session on ``feed``, runs interleaved."""
     for s in sessions:
         for _ in range(WARMUP_RUNS):
             s.run(None, feed)
@@ -210,7 +290,7 @@ def _latency_ms(sessions: list[Any], feed: dict[str, np.ndarray], runs: int) -> 
             t0 = time.perf_counter()
             s.run(None, feed)
             times[i].append(time.perf_counter() - t0)
-    return [1000.0 * float(np.median(t)) for t in times]
+    return [(1000.0 * float(np.median(t)), 1000.0 * float(np.percentile(t, 90))) for t in times]
 
 
 _SESSION_RSS = """
@@ -263,7 +343,7 @@ class Comparison:
         self.original = original
         self.notes: list[str] = []
         self.session = open_session(original, config.threads, "original")
-        self.specs = input_specs(self.session)
+        self.specs = apply_input_shapes(input_specs(self.session), config.input_shapes)
         self.labels: np.ndarray | None = None
         if config.data is not None:
             self.feeds, self.labels = load_data(config.data, self.specs, self.notes)
@@ -288,7 +368,9 @@ class Comparison:
         if [(s.name, s.dtype) for s in self.specs] != [
             (s.name, s.dtype) for s in input_specs(sess_b)
         ]:
-            raise EvaluationError("the two models do not have the same inputs")
+            raise UsageError("the two models do not have the same inputs (names and types)")
+        if [o.name for o in sess_a.get_outputs()] != [o.name for o in sess_b.get_outputs()]:
+            raise UsageError("the two models do not have the same outputs")
         first = next(iter(self.feeds.values()), None)
         samples = first.shape[0] if first is not None and first.ndim else 1
 
@@ -307,10 +389,23 @@ class Comparison:
         ev = Evaluation(
             source=self.source, samples=samples, outputs=metrics, notes=list(self.notes)
         )
+        if config.label_output is not None:
+            if config.label_output not in out_names:
+                raise UsageError(
+                    f"--label-output names no model output: {config.label_output!r}"
+                    f" (outputs: {', '.join(out_names)})"
+                )
+            ev.label_output = config.label_output
         if self.labels is not None:
-            idx = next((i for i, m in enumerate(metrics) if m.top1_agreement is not None), None)
-            if idx is None:
-                ev.notes.append("labels given, but no output looks like class scores: no accuracy")
+            candidates = [i for i, m in enumerate(metrics) if m.top1_agreement is not None]
+            if config.label_output is not None:
+                candidates = [out_names.index(config.label_output)]
+            idx = candidates[0] if candidates else None
+            if idx is None or metrics[idx].top1_agreement is None:
+                ev.notes.append(
+                    "labels given, but the output is not class scores ([batch, classes]): "
+                    "no accuracy"
+                )
             else:
                 pa = np.concatenate([t.argmax(1) for t in outs_a[idx]])
                 pb = np.concatenate([t.argmax(1) for t in outs_b[idx]])
@@ -320,9 +415,11 @@ class Comparison:
         ev.session_rss_original = session_rss(self.original, config.threads)
         ev.session_rss_compressed = session_rss(compressed, config.threads)
         if self.batches and config.latency_runs:
-            ev.latency_ms_original, ev.latency_ms_compressed = _latency_ms(
+            (a_med, a_p90), (b_med, b_p90) = _latency_ms(
                 [sess_a, sess_b], self.batches[0], config.latency_runs
             )
+            ev.latency_ms_original, ev.latency_p90_ms_original = a_med, a_p90
+            ev.latency_ms_compressed, ev.latency_p90_ms_compressed = b_med, b_p90
         return ev
 
 

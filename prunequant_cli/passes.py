@@ -16,6 +16,7 @@ import onnx_ir as ir
 from prunequant_cli import encodings, pruning, quantization
 from prunequant_cli.config import CompressConfig
 from prunequant_cli.encodings import Payload
+from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.report import TensorRecord
 from prunequant_cli.selection import WeightSite, classify, dims
 
@@ -89,12 +90,17 @@ class PrunePass(ir.passes.InPlacePass):
     """Zero rows by importance share (``threshold``) or weights by magnitude (``sparsity``)."""
 
     def __init__(
-        self, sites: Sequence[WeightSite], config: CompressConfig, records: dict[str, TensorRecord]
+        self,
+        sites: Sequence[WeightSite],
+        config: CompressConfig,
+        records: dict[str, TensorRecord],
+        progress: Progress = NO_PROGRESS,
     ) -> None:
         super().__init__()
         self.sites = sites
         self.config = config
         self.records = records
+        self.progress = progress
 
     def _rule(
         self, w: np.ndarray, site: WeightSite
@@ -112,7 +118,9 @@ class PrunePass(ir.passes.InPlacePass):
         if self.config.prune_method is None:
             return ir.passes.PassResult(model, modified=False)
         modified = False
+        self.progress.stage("pruning", len(self.sites))
         for site in self.sites:
+            self.progress.advance()
             source = site.value.const_value
             assert source is not None
             record = self.records[site.name]
@@ -191,11 +199,13 @@ class QuantizePass(ir.passes.InPlacePass):
         sites: Sequence[WeightSite],
         config: CompressConfig,
         records: dict[str, TensorRecord],
+        progress: Progress = NO_PROGRESS,
     ) -> None:
         super().__init__()
         self.sites = sites
         self.config = config
         self.records = records
+        self.progress = progress
 
     def candidates(self) -> tuple[encodings.Encoding, ...]:
         if self.config.keep_quantized:
@@ -209,7 +219,9 @@ class QuantizePass(ir.passes.InPlacePass):
             return self._store_pruned_floats(model, opset, shared)
         candidates = self.candidates()
         modified = False
+        self.progress.stage("quantizing", len(self.sites))
         for site in self.sites:
+            self.progress.advance()
             record = self.records[site.name]
             tensor = site.value.const_value
             assert tensor is not None

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from prunequant_cli.config import CompressConfig, EvalConfig
-from prunequant_cli.errors import EvaluationError, UnsupportedModelError
+from prunequant_cli.config import CompressConfig, EvalConfig, GateConfig
+from prunequant_cli.errors import EvaluationError, UnsupportedModelError, UsageError
+from prunequant_cli.gates import check_gates
 from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
     check_output_target,
@@ -31,8 +33,12 @@ from prunequant_cli.passes import (
     ReleaseInitializerInputsPass,
     RemoveUnusedInitializersPass,
 )
-from prunequant_cli.report import CompressReport, ModelSummary, TensorRecord
+from prunequant_cli.progress import NO_PROGRESS, Progress
+from prunequant_cli.report import CompressReport, Evaluation, ModelSummary, TensorRecord
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
+
+if TYPE_CHECKING:
+    from prunequant_cli.evaluate import Comparison
 
 ModelInput = str | Path | onnx.ModelProto | ir.Model
 
@@ -95,6 +101,8 @@ def compress(
     output: str | Path,
     config: CompressConfig | None = None,
     evaluation: EvalConfig | None = None,
+    gates: GateConfig | None = None,
+    progress: Progress | None = None,
 ) -> CompressReport:
     """Prune and quantize the weights of ``model``, write ``output``, and compare the two.
 
@@ -106,9 +114,12 @@ def compress(
         config: What to do to the weights; the default quantizes to 8 bits, no pruning.
         evaluation: How to compare the models in onnxruntime; ``EvalConfig(enabled=False)``
             skips the comparison.
+        gates: Pass/fail conditions; ``report.passed`` says whether all held. A failed
+            gate does not raise: the model and the report are still produced.
+        progress: Receives the stages and per-tensor steps (for a progress bar).
 
     Returns:
-        The report: sizes, per-tensor changes and, when evaluated, the metrics.
+        The report: sizes, per-tensor changes and, when evaluated, the metrics and gates.
 
     Raises:
         PrunequantError: for any problem with the inputs, the model or the output,
@@ -116,8 +127,13 @@ def compress(
     """
     config = config or CompressConfig()
     evaluation = evaluation or EvalConfig()
+    gates = gates or GateConfig()
+    progress = progress or NO_PROGRESS
+    if gates.needs_evaluation and not evaluation.enabled:
+        raise UsageError("quality and latency gates need the evaluation: drop --no-eval")
     started = time.perf_counter()
     out = Path(output)
+    progress.stage("loading")
     ir_model, in_path, in_external, densified = _load_input(model)
     check_output_target(in_path, out, in_external)
 
@@ -175,7 +191,11 @@ def compress(
     }
     cleanup = RemoveUnusedInitializersPass()
     ir.passes.PassManager(
-        [PrunePass(sites, config, records), QuantizePass(sites, config, records), cleanup]
+        [
+            PrunePass(sites, config, records, progress),
+            QuantizePass(sites, config, records, progress),
+            cleanup,
+        ]
     )(ir_model)
     if cleanup.removed:
         notes.append(f"removed {len(cleanup.removed)} initializer(s) that nothing reads")
@@ -196,6 +216,7 @@ def compress(
             f"tensor(s) ({names}): a tensor's row shares sum to 1, so their mean is 1/rows "
             f"({1 / heavy[0].rows:.3g} for {heavy[0].name})"
         )
+    progress.stage("writing")
     written = save_model(ir_model, out, needs_external_data(ir_model, bool(in_external)))
     new_zeros = sum(
         (r.zeros_after if r.zeros_after is not None else r.zeros_before) - r.zeros_before
@@ -216,6 +237,7 @@ def compress(
         )
         original.gzip_bytes = gzip_bytes(original_files)
         compressed.gzip_bytes = gzip_bytes(written)
+        progress.stage("evaluating")
         try:
             ev = comparison.run(str(out))
         except EvaluationError as e:
@@ -223,6 +245,9 @@ def compress(
             for p in written:
                 p.unlink(missing_ok=True)
             raise EvaluationError(f"{e} (output removed)") from None
+        if evaluation.per_layer:
+            changed = [r.name for r in records.values() if r.encoding or r.prune_method]
+            _per_layer(ev, comparison, in_path, out, changed)
     meta = {
         "input_path": str(in_path) if in_path is not None else None,
         "output_path": str(out),
@@ -231,7 +256,8 @@ def compress(
         "compress_seconds": compressed_at - started,
         "evaluate_seconds": time.perf_counter() - compressed_at,
     }
-    return CompressReport(
+    progress.done()
+    report = CompressReport(
         original=original,
         compressed=compressed,
         settings={
@@ -251,6 +277,131 @@ def compress(
         meta=meta,
         notes=notes,
     )
+    report.gates = check_gates(report, gates)
+    return report
+
+
+def _per_layer(
+    ev: Evaluation, comparison: Comparison, original: Path | None, out: Path, weights: list[str]
+) -> None:
+    """Attach the per-layer errors of ``weights`` to ``ev``."""
+    from prunequant_cli.layers import layer_errors
+
+    if original is None:
+        ev.notes.append("per-layer: needs the original model as a file")
+        return
+    if not comparison.batches:
+        return
+    ev.layers, notes = layer_errors(
+        original, out, weights, comparison.batches[0], comparison.config.threads
+    )
+    ev.notes.extend(notes)
+
+
+def compare(
+    model_a: str | Path,
+    model_b: str | Path,
+    evaluation: EvalConfig | None = None,
+    gates: GateConfig | None = None,
+    progress: Progress | None = None,
+) -> CompressReport:
+    """Compare two existing models, e.g. an original and a copy compressed by any tool.
+
+    The report has the same form as :func:`compress`'s (``command: "compare"``, no
+    settings): sizes, per-weight changes matched by name, metrics, gates.
+    """
+    from prunequant_cli.evaluate import Comparison
+
+    evaluation = evaluation or EvalConfig()
+    gates = gates or GateConfig()
+    progress = progress or NO_PROGRESS
+    if gates.needs_evaluation and not evaluation.enabled:
+        raise UsageError("quality and latency gates need the evaluation: drop --no-eval")
+    started = time.perf_counter()
+    progress.stage("loading")
+    a, b = load_model(Path(model_a)), load_model(Path(model_b))
+    comparison = Comparison(str(a.path), evaluation) if evaluation.enabled else None
+    info_a = inspect_ir(a.model, a.path, a.file_bytes)
+    info_b = inspect_ir(b.model, b.path, b.file_bytes)
+    original, compressed = info_a.summary, info_b.summary
+    before = {t.name: t for t in info_a.tensors if t.is_weight}
+    sites = {s.name: s for s in select_weights(a.model)[0]}
+    errors = _weight_errors(a.model, b.model, set(before))
+    records = []
+    for t in info_b.tensors:
+        old = before.get(t.name)
+        if old is None or not t.is_weight:
+            continue
+        site = sites.get(t.name)
+        records.append(
+            TensorRecord(
+                name=t.name,
+                graph=t.graph,
+                op_types=site.op_types if site else (),
+                shape=t.shape,
+                axis=old.axis if old.axis is not None else 0,
+                dtype=old.dtype,
+                float_bytes=old.stored_bytes,
+                zeros_before=old.zeros,
+                rows_pruned=max(0, (t.zero_rows or 0) - (old.zero_rows or 0)),
+                zeros_after=t.zeros,
+                bits=t.bits,
+                encoding=None if t.encoding == old.encoding else t.encoding,
+                stored_bytes=t.stored_bytes,
+                max_abs_error=errors.get(t.name),
+            )
+        )
+    ev = None
+    if comparison is not None:
+        progress.stage("evaluating")
+        original.gzip_bytes = gzip_bytes([a.path, *sorted(a.external)])
+        compressed.gzip_bytes = gzip_bytes([b.path, *sorted(b.external)])
+        ev = comparison.run(str(b.path))
+        if evaluation.per_layer:
+            _per_layer(ev, comparison, a.path, b.path, [r.name for r in records])
+    progress.done()
+    report = CompressReport(
+        original=original,
+        compressed=compressed,
+        settings=None,
+        tensors=records,
+        skipped=[],
+        evaluation=ev,
+        meta={
+            "input_path": str(a.path),
+            "output_path": str(b.path),
+            "output_files": [str(b.path), *map(str, sorted(b.external))],
+            "versions": _versions(),
+            "compress_seconds": None,
+            "evaluate_seconds": time.perf_counter() - started,
+        },
+        command="compare",
+    )
+    report.gates = check_gates(report, gates)
+    return report
+
+
+def _weight_errors(a: ir.Model, b: ir.Model, names: set[str]) -> dict[str, float]:
+    """Largest |B - A| of each named weight, B decoded in onnxruntime; one at a time."""
+    from prunequant_cli.inspection import _decode_in_onnxruntime, _find_encoded
+
+    def plain(model: ir.Model, name: str) -> np.ndarray | None:
+        for g in model.graphs():
+            v = g.initializers.get(name)
+            if v is not None and v.const_value is not None:
+                return v.const_value.numpy()
+        return None
+
+    encoded = {f.decoded.name: f for f in _find_encoded(b)}
+    errors = {}
+    for name in sorted(names):
+        old = plain(a, name)
+        found = encoded.get(name)
+        new = _decode_in_onnxruntime(b, found) if found is not None else plain(b, name)
+        if old is not None and new is not None and old.shape == new.shape and old.size:
+            diff = np.abs(new.astype(np.float64) - old.astype(np.float64))
+            errors[name] = float(diff.max())
+    return errors
 
 
 def inspect_model(path: str | Path, session_memory: bool = True) -> Inspection:
@@ -269,4 +420,4 @@ def inspect_model(path: str | Path, session_memory: bool = True) -> Inspection:
     return info
 
 
-__all__ = ["compress", "inspect_model"]
+__all__ = ["compare", "compress", "inspect_model"]

@@ -99,14 +99,23 @@ class ModelSummary:
 
 @dataclass
 class OutputMetrics:
-    """Agreement of one model output, compressed vs original (computed in float64)."""
+    """Agreement of one model output, compressed vs original (computed in float64).
+
+    ``sqnr_db`` is 10·log10(Σ original² / Σ (original − compressed)²); None when the
+    outputs are identical (infinite). ``relative_error`` is ‖original − compressed‖ /
+    ‖original‖. ``top5_agreement`` is the share of samples whose original top-1 class
+    is among the compressed model's top 5.
+    """
 
     name: str
-    cosine: float | None
-    max_abs_error: float | None
-    mean_abs_error: float | None
-    top1_agreement: float | None
-    nonfinite: int
+    cosine: float | None = None
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    relative_error: float | None = None
+    sqnr_db: float | None = None
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    nonfinite: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,8 +123,39 @@ class OutputMetrics:
             "cosine": self.cosine,
             "max_abs_error": self.max_abs_error,
             "mean_abs_error": self.mean_abs_error,
+            "relative_error": self.relative_error,
+            "sqnr_db": self.sqnr_db,
             "top1_agreement": self.top1_agreement,
+            "top5_agreement": self.top5_agreement,
             "nonfinite": self.nonfinite,
+        }
+
+
+@dataclass
+class LayerError:
+    """The error one compressed weight introduces in its own layer's output.
+
+    The layer runs on the original model's activations, once with the original
+    weight and once with the compressed one, so upstream errors do not mix in.
+    """
+
+    weight: str
+    node: str
+    op_type: str
+    output: str
+    cosine: float | None
+    relative_error: float | None
+    sqnr_db: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight,
+            "node": self.node,
+            "op_type": self.op_type,
+            "output": self.output,
+            "cosine": self.cosine,
+            "relative_error": self.relative_error,
+            "sqnr_db": self.sqnr_db,
         }
 
 
@@ -131,8 +171,11 @@ class Evaluation:
     accuracy_compressed: float | None = None
     latency_ms_original: float | None = None
     latency_ms_compressed: float | None = None
+    latency_p90_ms_original: float | None = None
+    latency_p90_ms_compressed: float | None = None
     session_rss_original: int | None = None
     session_rss_compressed: int | None = None
+    layers: list[LayerError] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -147,6 +190,18 @@ class Evaluation:
             return None
         return self.latency_ms_compressed / self.latency_ms_original
 
+    @property
+    def label_metrics(self) -> OutputMetrics | None:
+        """The output that carries the labels, else the first classifier-like output."""
+        named = [o for o in self.outputs if o.name == self.label_output]
+        classifiers = [o for o in self.outputs if o.top1_agreement is not None]
+        found = named or classifiers
+        return found[0] if found else None
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(o.nonfinite for o in self.outputs)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -160,26 +215,59 @@ class Evaluation:
                 "drop_points": self.accuracy_drop_points,
             },
             "outputs": [o.to_dict() for o in self.outputs],
+            "layers": None if self.layers is None else [x.to_dict() for x in self.layers],
             "notes": list(self.notes),
         }
 
 
 @dataclass
+class Gate:
+    """One pass/fail condition of a CI gate."""
+
+    name: str  # the option that set it, e.g. "--min-cosine"
+    threshold: float
+    value: float | None  # None when it could not be measured (which fails the gate)
+    passed: bool
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "threshold": self.threshold,
+            "value": self.value,
+            "passed": self.passed,
+            "reason": self.reason,
+        }
+
+
+@dataclass
 class CompressReport:
-    """Everything `compress` measured."""
+    """Everything `compress` (or `compare`) measured."""
 
     original: ModelSummary
     compressed: ModelSummary
-    settings: dict[str, Any]
+    settings: dict[str, Any] | None
     tensors: list[TensorRecord]
     skipped: list[tuple[str, str]]
     evaluation: Evaluation | None
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    command: str = "compress"
+    gates: list[Gate] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
+        """Compressed / original file bytes."""
         return self.compressed.file_bytes / max(self.original.file_bytes, 1)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Original / compressed file bytes: how many times smaller."""
+        return self.original.file_bytes / max(self.compressed.file_bytes, 1)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
 
     def weight_storage(self) -> dict[str, Any]:
         """Bytes of the weight tensors as floats and as stored, and bits per weight."""
@@ -200,6 +288,8 @@ class CompressReport:
                 "original": ev.latency_ms_original,
                 "compressed": ev.latency_ms_compressed,
                 "ratio": ev.latency_ratio,
+                "p90_original": ev.latency_p90_ms_original,
+                "p90_compressed": ev.latency_p90_ms_compressed,
             }
             meta["session_rss_bytes"] = {
                 "original": ev.session_rss_original,
@@ -207,11 +297,15 @@ class CompressReport:
             }
         return {
             "schema_version": SCHEMA_VERSION,
-            "command": "compress",
+            "command": self.command,
+            "passed": self.passed,
+            "gates": [g.to_dict() for g in self.gates],
+            "failed_gates": [g.name for g in self.gates if not g.passed],
             "settings": self.settings,
             "original": self.original.to_dict(),
             "compressed": self.compressed.to_dict(),
             "ratio": self.ratio,
+            "compression_ratio": self.compression_ratio,
             "weight_storage": self.weight_storage(),
             "tensors": [t.to_dict() for t in self.tensors],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
@@ -239,88 +333,137 @@ def _num(x: float | None, spec: str = ".4g") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def render_compress(report: CompressReport, console: Console, verbose: bool = False) -> None:
-    """The before/after table, and with ``verbose`` the per-tensor breakdown."""
+def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
+    """(what, original, compressed, change) rows: the comparison, for any renderer."""
     o, c = report.original, report.compressed
-    table = Table(title="prunequant compress", title_justify="left")
-    table.add_column("")
-    table.add_column("original", justify="right")
-    table.add_column("compressed", justify="right")
-    table.add_column("change", justify="right")
-    table.add_row(
-        "file size",
-        fmt_bytes(o.file_bytes),
-        fmt_bytes(c.file_bytes),
-        f"[green]×{report.ratio:.3f}[/]" if report.ratio < 1 else f"[red]×{report.ratio:.3f}[/]",
-    )
+    rows = [("file size", fmt_bytes(o.file_bytes), fmt_bytes(c.file_bytes), f"×{report.ratio:.3f}")]
     if o.gzip_bytes and c.gzip_bytes:
-        table.add_row(
-            "gzip size (download)",
-            fmt_bytes(o.gzip_bytes),
-            fmt_bytes(c.gzip_bytes),
-            f"×{c.gzip_bytes / o.gzip_bytes:.3f}",
+        gz = c.gzip_bytes / o.gzip_bytes
+        rows.append(
+            ("gzip size (download)", fmt_bytes(o.gzip_bytes), fmt_bytes(c.gzip_bytes), f"×{gz:.3f}")
         )
     storage = report.weight_storage()
     if storage["bits_per_weight"] is not None:
-        table.add_row(
-            "weights",
-            fmt_bytes(storage["float_bytes"]),
-            fmt_bytes(storage["stored_bytes"]),
-            f"{storage['bits_per_weight']:.2f} bits/weight",
+        rows.append(
+            (
+                "weights",
+                fmt_bytes(storage["float_bytes"]),
+                fmt_bytes(storage["stored_bytes"]),
+                f"{storage['bits_per_weight']:.2f} bits/weight",
+            )
         )
-    table.add_row(
-        "parameters", f"{o.parameters:,}", f"{c.parameters:,}", f"{c.parameters - o.parameters:+,}"
+    rows.append(
+        (
+            "parameters",
+            f"{o.parameters:,}",
+            f"{c.parameters:,}",
+            f"{c.parameters - o.parameters:+,}",
+        )
     )
-    table.add_row(
-        "non-zero parameters",
-        f"{o.nonzero_parameters:,}",
-        f"{c.nonzero_parameters:,}",
-        f"{c.nonzero_parameters - o.nonzero_parameters:+,}",
+    rows.append(
+        (
+            "non-zero parameters",
+            f"{o.nonzero_parameters:,}",
+            f"{c.nonzero_parameters:,}",
+            f"{c.nonzero_parameters - o.nonzero_parameters:+,}",
+        )
     )
     ev = report.evaluation
-    if ev is not None:
-        if ev.accuracy_original is not None:
-            drop = ev.accuracy_drop_points or 0.0
-            table.add_row(
+    if ev is None:
+        return rows
+    if ev.accuracy_original is not None:
+        drop = ev.accuracy_drop_points or 0.0
+        rows.append(
+            (
                 f"accuracy ({ev.label_output})",
                 _pct(ev.accuracy_original),
                 _pct(ev.accuracy_compressed),
                 f"{-drop:+.2f} pts",
             )
-        for out in ev.outputs:
-            if out.top1_agreement is not None:
-                table.add_row(f"top-1 agreement ({out.name})", "", _pct(out.top1_agreement), "")
-            table.add_row(f"cosine similarity ({out.name})", "", _num(out.cosine, ".6f"), "")
-            table.add_row(f"max abs error ({out.name})", "", _num(out.max_abs_error), "")
-            if out.nonfinite:
-                table.add_row(f"[red]NaN/Inf values ({out.name})[/]", "", str(out.nonfinite), "")
-        if ev.latency_ms_original is not None:
-            table.add_row(
-                "median latency",
-                f"{ev.latency_ms_original:.3f} ms",
-                f"{ev.latency_ms_compressed:.3f} ms",
+        )
+    for out in ev.outputs:
+        if out.top1_agreement is not None:
+            rows.append(
+                (
+                    f"top-1 / top-5 agreement ({out.name})",
+                    "",
+                    f"{_pct(out.top1_agreement)} / {_pct(out.top5_agreement)}",
+                    "",
+                )
+            )
+        if out.cosine is not None:
+            rows.append((f"cosine similarity ({out.name})", "", _num(out.cosine, ".6f"), ""))
+            sqnr = "∞" if out.sqnr_db is None else f"{out.sqnr_db:.1f} dB"
+            rows.append(
+                (
+                    f"SQNR / relative error ({out.name})",
+                    "",
+                    f"{sqnr} / {_num(out.relative_error, '.3g')}",
+                    "",
+                )
+            )
+            rows.append((f"max abs error ({out.name})", "", _num(out.max_abs_error), ""))
+        if out.nonfinite:
+            rows.append((f"NaN/Inf values ({out.name})", "", str(out.nonfinite), "failure"))
+    if ev.latency_ms_original is not None and ev.latency_ms_compressed is not None:
+        rows.append(
+            (
+                "latency median (p90)",
+                f"{ev.latency_ms_original:.3f} ms ({ev.latency_p90_ms_original:.3f})",
+                f"{ev.latency_ms_compressed:.3f} ms ({ev.latency_p90_ms_compressed:.3f})",
                 f"×{ev.latency_ratio:.2f}",
             )
-        if ev.session_rss_original and ev.session_rss_compressed:
-            table.add_row(
+        )
+    if ev.session_rss_original and ev.session_rss_compressed:
+        rows.append(
+            (
                 "onnxruntime session memory",
                 fmt_bytes(ev.session_rss_original),
                 fmt_bytes(ev.session_rss_compressed),
                 f"×{ev.session_rss_compressed / ev.session_rss_original:.2f}",
             )
+        )
+    return rows
+
+
+def _gate_text(g: Gate) -> str:
+    value = "not measured" if g.value is None else f"{g.value:.6g}"
+    verdict = "passed" if g.passed else "FAILED"
+    reason = f" ({g.reason})" if g.reason and not g.passed else ""
+    return f"{g.name} {g.threshold:g}: {value} {verdict}{reason}"
+
+
+def render_compress(report: CompressReport, console: Console, verbose: bool = False) -> None:
+    """The before/after table, gates, notes, and with ``verbose`` the per-tensor breakdown."""
+    second = "compressed" if report.command == "compress" else "B"
+    first = "original" if report.command == "compress" else "A"
+    table = Table(title=f"prunequant {report.command}", title_justify="left")
+    table.add_column("")
+    table.add_column(first, justify="right")
+    table.add_column(second, justify="right")
+    table.add_column("change", justify="right")
+    for row in summary_rows(report):
+        table.add_row(*row)
     console.print(table)
-    done = [t for t in report.tensors if t.encoding or t.prune_method]
-    console.print(
-        f"{len(done)} of {len(report.tensors)} weight tensors compressed; "
-        f"{len(report.skipped)} other float tensors left as they were."
-    )
-    for note in report.notes:
-        console.print(f"Note: {note}")
+    if report.command == "compress":
+        done = [t for t in report.tensors if t.encoding or t.prune_method]
+        console.print(
+            f"{len(done)} of {len(report.tensors)} weight tensors compressed; "
+            f"{len(report.skipped)} other float tensors left as they were."
+        )
+    ev = report.evaluation
     if ev is not None:
         kind = "samples from the data file" if ev.source == "data" else "synthetic samples"
         console.print(f"Evaluated on {ev.samples} {kind}.")
-        for note in ev.notes:
-            console.print(f"Note: {note}")
+    for note in [*report.notes, *([] if ev is None else ev.notes)]:
+        console.print(f"Note: {note}", markup=False)
+    for g in report.gates:
+        style = "green" if g.passed else "bold red"
+        console.print(f"Gate {_gate_text(g)}", style=style, markup=False)
+    if report.gates:
+        console.print("All gates passed." if report.passed else "Some gates FAILED.")
+    if ev is not None and ev.layers:
+        render_layers(ev.layers, console)
     if verbose:
         render_tensors(report.tensors, console)
         if report.skipped:
@@ -330,6 +473,69 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
             for name, reason in report.skipped:
                 skipped.add_row(name, reason)
             console.print(skipped)
+
+
+def render_layers(layers: list[LayerError], console: Console) -> None:
+    table = Table(
+        title="error each weight introduces in its own layer (worst first)", title_justify="left"
+    )
+    for col, just in (
+        ("weight", "left"),
+        ("layer", "left"),
+        ("SQNR", "right"),
+        ("relative error", "right"),
+        ("cosine", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for e in layers:
+        sqnr = "∞" if e.sqnr_db is None else f"{e.sqnr_db:.1f} dB"
+        table.add_row(
+            e.weight,
+            f"{e.op_type} → {e.output}",
+            sqnr,
+            _num(e.relative_error, ".3g"),
+            _num(e.cosine, ".6f"),
+        )
+    console.print(table)
+
+
+def _md(cell: str) -> str:
+    """A table cell: pipes and newlines from model names cannot break the table."""
+    return cell.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_report(report: CompressReport) -> str:
+    """A Markdown summary for a CI job summary or a pull-request comment."""
+    first, second = ("original", "compressed") if report.command == "compress" else ("A", "B")
+    verdict = (
+        ""
+        if not report.gates
+        else (" — all gates passed" if report.passed else " — **gates failed**")
+    )
+    lines = [f"## prunequant {report.command}{verdict}", ""]
+    m = report.meta
+    if m.get("input_path") or m.get("output_path"):
+        lines += [f"`{m.get('input_path')}` → `{m.get('output_path')}`", ""]
+    lines += [f"| | {first} | {second} | change |", "| --- | ---: | ---: | ---: |"]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in summary_rows(report)]
+    if report.gates:
+        lines += ["", "| gate | threshold | value | result |", "| --- | ---: | ---: | --- |"]
+        for g in report.gates:
+            value = "not measured" if g.value is None else f"{g.value:.6g}"
+            result = "✅ passed" if g.passed else f"❌ failed{': ' + g.reason if g.reason else ''}"
+            lines.append(f"| `{g.name}` | {g.threshold:g} | {value} | {result} |")
+    ev = report.evaluation
+    if ev is not None and ev.layers:
+        lines += ["", "| weight | layer | SQNR | relative error |", "| --- | --- | ---: | ---: |"]
+        for e in ev.layers[:10]:
+            sqnr = "∞" if e.sqnr_db is None else f"{e.sqnr_db:.1f} dB"
+            lines.append(
+                f"| `{e.weight}` | {e.op_type} | {sqnr} | {_num(e.relative_error, '.3g')} |"
+            )
+    notes = [*report.notes, *([] if ev is None else ev.notes)]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
 
 
 def render_tensors(records: list[TensorRecord], console: Console) -> None:
