@@ -143,9 +143,11 @@ class PrunePass(ir.passes.InPlacePass):
             ) -> ir.Tensor:
                 return ir.Tensor(rule(source.numpy()), name=name)
 
-            site.value.const_value = ir.LazyTensor(
+            pruned_tensor = ir.LazyTensor(
                 materialize, dtype=source.dtype, shape=ir.Shape(dims(source)), name=site.name
             )
+            pruned_tensor.meta["original"] = source  # so later errors count the pruning too
+            site.value.const_value = pruned_tensor
             modified = True
         return ir.passes.PassResult(model, modified=modified)
 
@@ -235,9 +237,8 @@ class QuantizePass(ir.passes.InPlacePass):
             if encoding is None:
                 record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
                 continue
-            error = np.abs(payload.decode() - w)
-            record.max_abs_error = float(error.max()) if error.size else 0.0
-            del error, w
+            record.max_abs_error = _max_error(payload.decode(), tensor)
+            del w
             encoded = encoding.encode(site.graph, site.value, payload, shared)
             site.value.const_value = None  # the float source is no longer needed
             if encoding in encodings.KEEP_QUANTIZED:
@@ -277,9 +278,17 @@ class QuantizePass(ir.passes.InPlacePass):
             site.value.const_value = None
             record.encoding = encoded.encoding
             record.stored_bytes = encoded.stored_bytes
-            record.max_abs_error = 0.0
+            record.max_abs_error = _max_error(w, tensor)
             modified = True
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _max_error(decoded: np.ndarray, tensor: ir.TensorProtocol) -> float:
+    """Largest change of a weight against the original model's (before any pruning)."""
+    original = tensor.meta.get("original", tensor) if isinstance(tensor, ir.LazyTensor) else tensor
+    if decoded.size == 0:
+        return 0.0
+    return float(np.abs(decoded.astype(np.float64) - original.numpy()).max())
 
 
 def _kept_quantized_note(op_types: Sequence[str]) -> str:
