@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,6 +99,9 @@ def _fail(message: str, code: int) -> None:
 
 def _run(debug: bool, action: Callable[[], int]) -> None:
     """Run a command body: user errors as one line + exit code, bugs with a traceback."""
+    if not sys.stderr.isatty() and not debug:
+        # Library warnings are noise in a CI log; what matters is in the report's notes.
+        warnings.simplefilter("ignore")
     try:
         code = action()
     except PrunequantError as e:
