@@ -8,9 +8,7 @@ graph logic lives here.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,6 @@ from prunequant_cli.errors import (
     EXIT_CODES,
     EXIT_GATE,
     EXIT_INTERNAL,
-    OutputError,
     PrunequantError,
     safe_text,
 )
@@ -79,17 +76,6 @@ def _progress(quiet: bool) -> Any:
 def _emit_json(doc: dict[str, Any]) -> None:
     # Plain write, never through rich: it would wrap long lines off a terminal.
     sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a report file atomically: a temporary file beside it, then a rename."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write report {safe_text(path)}: {e.strerror or e}") from None
 
 
 def _fail(message: str, code: int) -> None:
@@ -265,10 +251,11 @@ def _configs(opts: dict[str, Any], no_eval: bool) -> tuple[Any, Any]:
 
 def _finish(report: Any, opts: dict[str, Any]) -> int:
     """Print the report as asked, write --report, and say the exit code."""
+    from prunequant_cli.model_io import write_text_atomic
     from prunequant_cli.report import markdown_report, render_compress
 
     if opts["report_path"] is not None:
-        _write_text(opts["report_path"], markdown_report(report))
+        write_text_atomic(opts["report_path"], markdown_report(report), "report")
     if opts["as_json"]:
         _emit_json(report.to_dict())
     elif not opts["quiet"]:
@@ -342,25 +329,69 @@ def main() -> None:
     help="Leave weights whose name matches this glob untouched (repeatable).",
 )
 @click.option("--no-eval", is_flag=True, help="Write the model without running onnxruntime.")
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Apply the per-weight settings of a recipe (TOML, as a search writes it).",
+)
+@click.option(
+    "--write-recipe",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where a search writes its recipe (default: OUTPUT.recipe.toml).",
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Bound on the time a search spends measuring settings.",
+)
 @evaluation_options
 @gate_options
 @output_options
-def compress(model: Path, output: Path, **opts: Any) -> None:
+@click.pass_context
+def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None:
     """Prune, then quantize the weights of MODEL; write OUTPUT; compare both in onnxruntime.
 
-    A failed gate still writes OUTPUT and the reports, then exits with the gate code.
+    Given a quality budget (--max-accuracy-drop, --min-agreement, --min-cosine) and no
+    compression settings, it searches for the smallest model within the budget and writes
+    the chosen per-weight settings as a recipe; --max-accuracy-drop 0 changes no
+    prediction. With settings, the budget is a gate. A failed gate still writes OUTPUT and
+    the reports, then exits with the gate code.
 
     \b
     Examples:
       prunequant compress model.onnx small.onnx --bits 8 --data holdout.npz
       prunequant compress model.onnx small.onnx --threshold 0.01 --bits 4 --json
       prunequant compress model.onnx small.onnx --data holdout.npz --max-accuracy-drop 1
+      prunequant compress model.onnx small.onnx --data holdout.npz --recipe small.onnx.recipe.toml
     """
 
     def body() -> int:
         from prunequant_cli.config import CompressConfig
         from prunequant_cli.pipeline import compress as run_compress
+        from prunequant_cli.pipeline import search
 
+        ev, gates = _configs(opts, opts["no_eval"])
+        explicit = [
+            name
+            for name in SETTING_OPTIONS
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        ]
+        progress = _progress(opts["quiet"])
+        if gates.budget_given and not explicit:
+            report = search(
+                model,
+                output,
+                gates,
+                ev,
+                opts["time_budget"],
+                opts["write_recipe"],
+                opts["exclude"],
+                progress,
+            )
+            return _finish(report, opts)
         config = CompressConfig(
             threshold=opts["threshold"],
             sparsity=opts["sparsity"],
@@ -370,11 +401,27 @@ def compress(model: Path, output: Path, **opts: Any) -> None:
             keep_quantized=opts["keep_quantized"],
             exclude=opts["exclude"],
         )
-        ev, gates = _configs(opts, opts["no_eval"])
-        report = run_compress(model, output, config, ev, gates, _progress(opts["quiet"]))
+        if opts["recipe"] is not None:
+            from prunequant_cli.recipe import read_recipe
+
+            config = read_recipe(opts["recipe"], config)
+        report = run_compress(model, output, config, ev, gates, progress)
         return _finish(report, opts)
 
     _run(opts["debug"], body)
+
+
+# Options that fix how weights are compressed: with any of them a budget is a gate, not a search.
+SETTING_OPTIONS = (
+    "threshold",
+    "sparsity",
+    "bits",
+    "quant",
+    "storage",
+    "keep_quantized",
+    "no_quantize",
+    "recipe",
+)
 
 
 @main.command(epilog=EXIT_CODE_HELP)

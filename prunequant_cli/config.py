@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunequant_cli.errors import UsageError
@@ -32,6 +33,8 @@ class CompressConfig:
         keep_quantized: Store uniform codes with DequantizeLinear, which
             onnxruntime keeps quantized in memory instead of folding to float.
         exclude: Name globs of weights to leave untouched.
+        per_tensor: Settings for single weights by name (from a recipe or a
+            search); their threshold, sparsity, bits and quant replace these.
     """
 
     threshold: float | None = None
@@ -41,6 +44,7 @@ class CompressConfig:
     format: str = "auto"
     keep_quantized: bool = False
     exclude: tuple[str, ...] = ()
+    per_tensor: Mapping[str, CompressConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threshold is not None and self.sparsity is not None:
@@ -67,6 +71,10 @@ class CompressConfig:
             )
         if self.bits is None and (self.keep_quantized or self.quant != "uniform"):
             raise UsageError("--no-quantize cannot be combined with --quant or --keep-quantized")
+
+    def for_tensor(self, name: str) -> CompressConfig:
+        """The settings that apply to the weight ``name``."""
+        return self.per_tensor.get(name, self)
 
     @property
     def prune_method(self) -> str | None:
@@ -110,6 +118,8 @@ class EvalConfig:
     per_layer: bool = False
 
     def __post_init__(self) -> None:
+        if self.data is not None and not isinstance(self.data, Path):
+            object.__setattr__(self, "data", Path(self.data))  # accept str from Python callers
         if self.samples is not None and self.samples < 1:
             raise UsageError(f"--samples must be at least 1, got {self.samples}")
         if self.batch_size < 1:
@@ -149,6 +159,13 @@ class GateConfig:
         ):
             if value is not None and value <= 0:
                 raise UsageError(f"{flag} must be positive, got {value}")
+
+    @property
+    def budget_given(self) -> bool:
+        """A quality budget: what a search must keep."""
+        return any(
+            v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.min_cosine)
+        )
 
     @property
     def needs_evaluation(self) -> bool:

@@ -420,7 +420,7 @@ class SparseBitmask(Encoding):
     Decode: nibbles unpacked by Div/Mod, bits = Gather(16x4 bit table, nibbles)
     flattened, the position of each non-zero is CumSum(bits) * bits, and
     codes = Gather([0, non-zero codes...], position).
-    The non-zero codes are int8, or (``width`` 4) offset nibbles packed in planes.
+    The non-zero codes are int8, or (``width`` 4 or 2) offset codes packed in planes.
     """
 
     min_opset = 11
@@ -553,6 +553,45 @@ class SparseCoordinates(Encoding):
         return b.node("Mul", [b.node("Cast", [dense], to=p.dtype.value), _scale(b)])
 
 
+class SparseCodebook(Encoding):
+    """A pruned tensor's codebook indices: a bitmask of the non-zeros plus their indices.
+
+    Needs a codebook whose entry 0 is exactly 0.0 (pruned tensors get one); the
+    indices of the non-zeros are packed at ``width`` bits, unsigned.
+    """
+
+    kind, min_opset = "codebook", 11
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.max_bits = width
+        self.name = f"sparse-codebook{width}"
+
+    def applies(self, p: Payload, opset: int) -> bool:
+        return super().applies(p, opset) and p.codebook is not None and p.codebook[0] == 0
+
+    def worth_trying(self, p: Payload) -> bool:
+        nnz = p.size if p.indices is None else int(np.count_nonzero(p.indices))
+        return p.size + nnz * self.width < p.size * self.width
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        assert p.indices is not None and p.codebook is not None
+        flat = p.indices.reshape(-1)
+        nonzero = flat != 0
+        mask = _mask(b, nonzero)
+        nz = np.concatenate([np.zeros(1, np.uint8), flat[nonzero]])
+        if self.width == 8:
+            values = b.init("nz", nz)
+        else:
+            values = _unpack_planes(
+                b, b.init("nz", pack_planar(nz, self.width)), self.width, (nz.size,)
+            )
+        book = b.init("codebook", p.codebook)
+        idx = _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
+        return b.node("Gather", [book, b.node("Cast", [idx], to=ir.DataType.INT32.value)])
+
+
 class Codebook(Encoding):
     """Indices into a per-tensor codebook: one byte each, or packed at 4/2 bits."""
 
@@ -641,15 +680,18 @@ UNIFORM = (
     PackedUint(2),
     SparseBitmask(8),
     SparseBitmask(4),
+    SparseBitmask(2),
     SparseCoordinates("uniform"),
 )
-CODEBOOK = (
+CODEBOOK_DENSE = (
     Codebook(8, False),
     Codebook(4, True),
     Codebook(2, True),
     Codebook(4, False),
     Codebook(2, False),
 )
+CODEBOOK_SPARSE = (SparseCodebook(8), SparseCodebook(4), SparseCodebook(2))
+CODEBOOK = (*CODEBOOK_DENSE, *CODEBOOK_SPARSE)
 FLOAT16 = (Float16(),)
 KEEP_QUANTIZED = (DequantizeLinear(8), DequantizeLinear(4), DequantizeLinearBlocked())
 SPARSE_FLOAT = (SparseFloat(), SparseCoordinates("float"))
@@ -665,11 +707,17 @@ FORMATS: dict[str, tuple[Encoding, ...]] = {
         NativeInt(2),
         PackedUint(4),
         PackedUint(2),
-        *CODEBOOK,
+        *CODEBOOK_DENSE,
         *FLOAT16,
     ),
     "int8": (Int8(), Codebook(8, False), *FLOAT16),
-    "sparse": (SparseBitmask(8), SparseBitmask(4), SparseCoordinates("uniform")),
+    "sparse": (
+        SparseBitmask(8),
+        SparseBitmask(4),
+        SparseBitmask(2),
+        SparseCoordinates("uniform"),
+        *CODEBOOK_SPARSE,
+    ),
 }
 
 
@@ -697,11 +745,15 @@ def describe_encoding(encoding: str, bits: int | None) -> str:
         "packed2": "2-bit packed ×scale",
         "sparse": "bitmask + int8 ×scale",
         "sparse4": "bitmask + 4-bit packed ×scale",
+        "sparse2": "bitmask + 2-bit packed ×scale",
         "codebook": "codebook, uint8 index",
         "codebook4": "codebook, uint4 index",
         "codebook2": "codebook, uint2 index",
         "codebook-packed4": "codebook, 4-bit packed index",
         "codebook-packed2": "codebook, 2-bit packed index",
+        "sparse-codebook8": "bitmask + codebook uint8 index",
+        "sparse-codebook4": "bitmask + codebook 4-bit index",
+        "sparse-codebook2": "bitmask + codebook 2-bit index",
         "float16": "float16",
         "sparse-float": "bitmask + float values",
         "coordinates": "gaps + int8 values ×scale",

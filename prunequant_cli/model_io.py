@@ -365,6 +365,21 @@ def gzip_bytes(sources: Iterable[Path | bytes]) -> int:
     return total
 
 
+def write_text_atomic(path: Path, text: str, what: str = "file") -> None:
+    """Write a small text file (a report, a recipe): a temporary file beside it, then a rename."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {safe_text(path)}: {e.strerror or e}") from None
+
+
 def data_file_name(output: Path) -> str:
     """Name of the external data file written beside ``output``."""
     return output.name + ".data"

@@ -102,25 +102,28 @@ class PrunePass(ir.passes.InPlacePass):
         self.records = records
         self.progress = progress
 
+    @staticmethod
     def _rule(
-        self, w: np.ndarray, site: WeightSite
+        w: np.ndarray, site: WeightSite, config: CompressConfig
     ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
         """The pruning function for this weight, and how many rows it zeroes."""
-        if self.config.threshold is not None:
-            rows = pruning.rows_below_threshold(w, site.axis, self.config.threshold)
+        if config.threshold is not None:
+            rows = pruning.rows_below_threshold(w, site.axis, config.threshold)
             mask = pruning.row_mask_broadcast(rows, w.ndim, site.axis)
             return (lambda a: pruning.apply_zero_mask(a, mask)), int(rows.sum())
-        assert self.config.sparsity is not None
-        cut = pruning.magnitude_cut(w, self.config.sparsity)
+        assert config.sparsity is not None
+        cut = pruning.magnitude_cut(w, config.sparsity)
         return (lambda a: pruning.apply_zero_mask(a, cut.mask(a))), 0
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.config.prune_method is None:
+        todo = [s for s in self.sites if self.config.for_tensor(s.name).prune_method is not None]
+        if not todo:
             return ir.passes.PassResult(model, modified=False)
         modified = False
-        self.progress.stage("pruning", len(self.sites))
-        for site in self.sites:
+        self.progress.stage("pruning", len(todo))
+        for site in todo:
             self.progress.advance()
+            config = self.config.for_tensor(site.name)
             source = site.value.const_value
             assert source is not None
             record = self.records[site.name]
@@ -128,11 +131,11 @@ class PrunePass(ir.passes.InPlacePass):
             if not np.isfinite(w).all():
                 record.note = "non-finite values: not pruned"
                 continue
-            rule, rows_zeroed = self._rule(w, site)
+            rule, rows_zeroed = self._rule(w, site, config)
             pruned = rule(w)
             record.rows_pruned = rows_zeroed
             record.zeros_after_prune = _zeros(pruned)
-            record.prune_method = self.config.prune_method
+            record.prune_method = config.prune_method
             record.zeros_after = record.zeros_after_prune
             if record.zeros_after_prune == record.zeros_before:
                 continue  # nothing new became zero: keep the original bytes
@@ -153,6 +156,9 @@ class PrunePass(ir.passes.InPlacePass):
 
 
 HALF_SCALE_MIN_CHANNELS = 32
+# At this many bits or fewer, scales are searched to minimise the weights' squared
+# error (clipping a few outliers) instead of taken from min/max.
+MSE_SCALE_MAX_BITS = 4
 # MatMul weights kept quantized at <= 4 bits get a scale per block of this many input
 # rows: the layout onnxruntime's MatMulNBits kernel runs without unpacking.
 DQ_BLOCK = 32
@@ -183,7 +189,10 @@ def make_payload(
     elif config.quant == "codebook":
         p.codebook, p.indices = quantization.kmeans_codebook(w, 1 << bits, keep_zero=pruned)
     else:
-        scale = quantization.per_channel_scale(w, site.axis, bits)
+        if bits <= MSE_SCALE_MAX_BITS:
+            scale = quantization.mse_scale(w, site.axis, bits)
+        else:
+            scale = quantization.per_channel_scale(w, site.axis, bits)
         if scale.size >= HALF_SCALE_MIN_CHANNELS and dtype != ir.DataType.FLOAT16:
             # A float16 scale, rounded up so nothing clips, moves the step by < 0.05% and
             # halves the scale bytes; below this many channels its Cast node costs more.
@@ -217,70 +226,79 @@ class QuantizePass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
-        if self.config.bits is None:
-            return self._store_pruned_floats(model, opset, shared)
         candidates = self.candidates()
         modified = False
         self.progress.stage("quantizing", len(self.sites))
         for site in self.sites:
             self.progress.advance()
-            record = self.records[site.name]
+            config = self.config.for_tensor(site.name)
             tensor = site.value.const_value
             assert tensor is not None
-            w = tensor.numpy()
-            if not np.isfinite(w).all():
-                record.note = "non-finite values: not quantized"
-                continue
-            pruned = record.prune_method is not None
-            payload = make_payload(w, site, self.config, pruned, opset)
-            encoding = encodings.choose(payload, opset, candidates, site.graph, shared)
-            if encoding is None:
-                record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
-                continue
-            record.max_abs_error = _max_error(payload.decode(), tensor)
-            del w
-            encoded = encoding.encode(site.graph, site.value, payload, shared)
-            site.value.const_value = None  # the float source is no longer needed
-            if encoding in encodings.KEEP_QUANTIZED:
-                record.note = _kept_quantized_note(site.op_types)
-            record.zeros_after = payload.zeros()
-            record.bits = payload.bits
-            record.encoding = encoded.encoding
-            record.stored_bytes = encoded.stored_bytes
-            modified = True
+            if config.bits is None:
+                modified |= self._store_float(site, tensor, opset, shared)
+            else:
+                modified |= self._quantize(site, tensor, config, candidates, opset, shared)
         return ir.passes.PassResult(model, modified=modified)
 
-    def _store_pruned_floats(
-        self, model: ir.Model, opset: int, shared: encodings.SharedConstants
-    ) -> ir.passes.PassResult:
-        """Without quantization, keep each pruned weight as a bitmask plus its non-zeros
-        where that is smaller than the dense floats, so the zeros cost less on disk."""
-        modified = False
-        for site in self.sites:
-            record = self.records[site.name]
-            zeros = (
-                record.zeros_before
-                if record.zeros_after_prune is None
-                else record.zeros_after_prune
-            )
-            if zeros == 0:
-                continue
-            tensor = site.value.const_value
-            assert tensor is not None
-            w = tensor.numpy()
-            payload = Payload(
-                site.name, tuple(int(d) for d in w.shape), tensor.dtype, site.axis, 32, values=w
-            )
-            sparse = encodings.choose(payload, opset, encodings.SPARSE_FLOAT, site.graph, shared)
-            if sparse is None or sparse.cost(site.graph, payload, shared) >= w.nbytes:
-                continue
-            encoded = sparse.encode(site.graph, site.value, payload, shared)
-            site.value.const_value = None
-            record.encoding = encoded.encoding
-            record.stored_bytes = encoded.stored_bytes
-            record.max_abs_error = _max_error(w, tensor)
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+    def _quantize(
+        self,
+        site: WeightSite,
+        tensor: ir.TensorProtocol,
+        config: CompressConfig,
+        candidates: tuple[encodings.Encoding, ...],
+        opset: int,
+        shared: encodings.SharedConstants,
+    ) -> bool:
+        record = self.records[site.name]
+        w = tensor.numpy()
+        if not np.isfinite(w).all():
+            record.note = "non-finite values: not quantized"
+            return False
+        pruned = record.prune_method is not None
+        payload = make_payload(w, site, config, pruned, opset)
+        encoding = encodings.choose(payload, opset, candidates, site.graph, shared)
+        if encoding is None:
+            record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
+            return False
+        record.max_abs_error = _max_error(payload.decode(), tensor)
+        del w
+        encoded = encoding.encode(site.graph, site.value, payload, shared)
+        site.value.const_value = None  # the float source is no longer needed
+        if encoding in encodings.KEEP_QUANTIZED:
+            record.note = _kept_quantized_note(site.op_types)
+        record.zeros_after = payload.zeros()
+        record.bits = payload.bits
+        record.encoding = encoded.encoding
+        record.stored_bytes = encoded.stored_bytes
+        return True
+
+    def _store_float(
+        self,
+        site: WeightSite,
+        tensor: ir.TensorProtocol,
+        opset: int,
+        shared: encodings.SharedConstants,
+    ) -> bool:
+        """Without quantization, keep a weight with zeros as a bitmask (or coordinates) plus
+        its non-zeros where that is smaller than the dense floats."""
+        record = self.records[site.name]
+        zeros = (
+            record.zeros_before if record.zeros_after_prune is None else record.zeros_after_prune
+        )
+        if zeros == 0:
+            return False
+        w = tensor.numpy()
+        shape = tuple(int(d) for d in w.shape)
+        payload = Payload(site.name, shape, tensor.dtype, site.axis, 32, values=w)
+        sparse = encodings.choose(payload, opset, encodings.SPARSE_FLOAT, site.graph, shared)
+        if sparse is None or sparse.cost(site.graph, payload, shared) >= w.nbytes:
+            return False
+        encoded = sparse.encode(site.graph, site.value, payload, shared)
+        site.value.const_value = None
+        record.encoding = encoded.encoding
+        record.stored_bytes = encoded.stored_bytes
+        record.max_abs_error = _max_error(w, tensor)
+        return True
 
 
 def _max_error(decoded: np.ndarray, tensor: ir.TensorProtocol) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -25,6 +25,7 @@ from prunequant_cli.model_io import (
     load_model,
     needs_external_data,
     save_model,
+    write_text_atomic,
 )
 from prunequant_cli.passes import (
     LiftWeightConstantsPass,
@@ -96,6 +97,117 @@ def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None, set[Path], li
     return copy, None, external_files(copy), densified
 
 
+def _prepare(ir_model: ir.Model, densified: list[str]) -> list[str]:
+    """Make weights visible to selection (IR < 4 inputs, Constant nodes); say what changed."""
+    notes = []
+    if densified:
+        notes.append(
+            f"{len(densified)} sparse initializer(s) read as dense tensors "
+            "(their zeros are stored with a bitmask where that is smaller)"
+        )
+    release = ReleaseInitializerInputsPass()
+    release(ir_model)
+    lift = LiftWeightConstantsPass()
+    lift(ir_model)
+    if lift.lifted:
+        notes.append(f"{len(lift.lifted)} weight(s) held in Constant nodes were made initializers")
+    if release.released:
+        notes.append(
+            f"IR version {release.old_ir_version} lists every initializer as a graph input; "
+            f"{release.released} such inputs were unlisted and the IR version raised to 4, "
+            "so the weights can be compressed"
+        )
+    return notes
+
+
+def search(
+    model: str | Path,
+    output: str | Path,
+    gates: GateConfig,
+    evaluation: EvalConfig | None = None,
+    time_budget: float = 600.0,
+    recipe: str | Path | None = None,
+    exclude: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> CompressReport:
+    """Find per-weight settings for the smallest model within the quality budget, and write it.
+
+    The budget is the quality part of ``gates`` (``max_accuracy_drop``, 0 for lossless;
+    ``min_agreement``; ``min_cosine``). The chosen settings are written as a recipe
+    (``recipe``, by default ``<output>.recipe.toml``); the model is then compressed
+    with them and verified on the full evaluation data, and ``report.passed`` says
+    whether the budget holds (the best model found is written even when it does not).
+    """
+    from prunequant_cli.evaluate import Comparison
+    from prunequant_cli.recipe import recipe_text
+    from prunequant_cli.search import Budget, Probe, run_search
+
+    evaluation = evaluation or EvalConfig()
+    progress = progress or NO_PROGRESS
+    budget = Budget.from_gates(gates)
+    if not budget.given or not evaluation.enabled:
+        raise UsageError("a search needs a quality budget and the evaluation")
+    out = Path(output)
+    recipe_path = Path(recipe) if recipe is not None else out.with_name(out.name + ".recipe.toml")
+    progress.stage("loading")
+    ir_model, in_path, in_external, densified = _load_input(model)
+    check_output_target(in_path, out, in_external)
+    _prepare(ir_model, densified)
+    comparison = Comparison(str(in_path), evaluation)
+    if budget.max_accuracy_drop and comparison.labels is None:
+        raise UsageError("--max-accuracy-drop above 0 needs labels in --data")
+    sites, _ = select_weights(ir_model, exclude)
+    probe = Probe(
+        ir_model,
+        sites,
+        comparison.batches,
+        comparison.labels,
+        evaluation.label_output,
+        evaluation.threads,
+    )
+    result = run_search(ir_model, sites, probe, budget, time_budget, progress)
+    config = CompressConfig(per_tensor=result.config.per_tensor, exclude=exclude)
+    comment = f"chosen by a search for: {_budget_words(budget)}"
+    write_text_atomic(recipe_path, recipe_text(config, comment), "recipe")
+    final_gates = GateConfig(
+        max_accuracy_drop=gates.max_accuracy_drop,
+        min_agreement=gates.min_agreement,
+        min_cosine=gates.min_cosine,
+        min_ratio=gates.min_ratio,
+        max_latency_ratio=gates.max_latency_ratio,
+    )
+    report = compress(model, out, config, evaluation, final_gates, progress)
+    report.search = {**result.to_dict(), "recipe": str(recipe_path)}
+    if not report.passed:
+        missed = "; ".join(
+            f"{g.name}: {g.value} vs {g.threshold:g}" for g in report.gates if not g.passed
+        )
+        report.notes.append(f"the budget was not met by the best model found ({missed})")
+    if result.out_of_time:
+        report.notes.append("--time-budget ran out: some settings were not measured")
+    return report
+
+
+def _label(config: CompressConfig) -> str:
+    from prunequant_cli.search import label
+
+    return label(config)
+
+
+def _budget_words(budget: Any) -> str:
+    parts = []
+    if budget.max_accuracy_drop is not None:
+        parts.append(
+            f"max accuracy drop {budget.max_accuracy_drop:g} points"
+            + (" (lossless)" if budget.lossless else "")
+        )
+    if budget.min_agreement is not None:
+        parts.append(f"min top-1 agreement {budget.min_agreement:g}")
+    if budget.min_cosine is not None:
+        parts.append(f"min cosine {budget.min_cosine:g}")
+    return ", ".join(parts)
+
+
 def compress(
     model: ModelInput,
     output: str | Path,
@@ -156,24 +268,7 @@ def compress(
             f"the model uses ONNX opset {opset}; quantized weights need opset "
             f">= {MIN_OPSET} (convert it with onnx.version_converter first)"
         )
-    notes = []
-    if densified:
-        notes.append(
-            f"{len(densified)} sparse initializer(s) read as dense tensors "
-            "(their zeros are stored with a bitmask where that is smaller)"
-        )
-    release = ReleaseInitializerInputsPass()
-    release(ir_model)
-    lift = LiftWeightConstantsPass()
-    lift(ir_model)
-    if lift.lifted:
-        notes.append(f"{len(lift.lifted)} weight(s) held in Constant nodes were made initializers")
-    if release.released:
-        notes.append(
-            f"IR version {release.old_ir_version} lists every initializer as a graph input; "
-            f"{release.released} such inputs were unlisted and the IR version raised to 4, "
-            "so the weights can be compressed"
-        )
+    notes = _prepare(ir_model, densified)
     sites, skipped = select_weights(ir_model, config.exclude)
     original.weights = len(sites)
     records = {
@@ -270,6 +365,7 @@ def compress(
             "keep_quantized": config.keep_quantized,
             "granularity": "per_channel" if config.quant == "uniform" else "per_tensor",
             "exclude": list(config.exclude),
+            "per_tensor": {name: _label(c) for name, c in sorted(config.per_tensor.items())},
         },
         tensors=list(records.values()),
         skipped=[(s.name, s.reason) for s in skipped],
@@ -420,4 +516,4 @@ def inspect_model(path: str | Path, session_memory: bool = True) -> Inspection:
     return info
 
 
-__all__ = ["compare", "compress", "inspect_model"]
+__all__ = ["compare", "compress", "inspect_model", "search"]

@@ -254,6 +254,7 @@ class CompressReport:
     notes: list[str] = field(default_factory=list)
     command: str = "compress"
     gates: list[Gate] = field(default_factory=list)
+    search: dict[str, Any] | None = None
 
     @property
     def ratio(self) -> float:
@@ -310,6 +311,7 @@ class CompressReport:
             "tensors": [t.to_dict() for t in self.tensors],
             "skipped": [{"name": n, "reason": r} for n, r in self.skipped],
             "evaluation": None if ev is None else ev.to_dict(),
+            "search": self.search,
             "notes": list(self.notes),
             "meta": meta,
         }
@@ -464,6 +466,8 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
         console.print("All gates passed." if report.passed else "Some gates FAILED.")
     if ev is not None and ev.layers:
         render_layers(ev.layers, console)
+    if report.search:
+        render_search(report.search, console, verbose)
     if verbose:
         render_tensors(report.tensors, console)
         if report.skipped:
@@ -473,6 +477,59 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
             for name, reason in report.skipped:
                 skipped.add_row(name, reason)
             console.print(skipped)
+
+
+def _quality_cells(q: dict[str, Any]) -> list[str]:
+    drop = q.get("accuracy_drop_points")
+    return [
+        "–" if drop is None else f"{drop:.2f} pts",
+        _pct(q.get("top1_agreement")),
+        _num(q.get("min_cosine"), ".5f"),
+        _num(q.get("max_relative_error"), ".3g"),
+    ]
+
+
+def render_search(search: dict[str, Any], console: Console, verbose: bool) -> None:
+    """What a search chose, the size-vs-quality points it measured, and (verbose) sensitivity."""
+    console.print(
+        f"Search: {len(search['tried'])} configurations measured in {search['seconds']:.1f} s; "
+        f"recipe written to {search.get('recipe')}.",
+        markup=False,
+    )
+    chosen = Table(title="chosen per-weight settings", title_justify="left")
+    chosen.add_column("weight")
+    chosen.add_column("setting")
+    for name, setting in search["settings"].items():
+        chosen.add_row(name, setting)
+    console.print(chosen)
+    pareto = Table(title="size vs quality measured (Pareto points)", title_justify="left")
+    for col, just in (
+        ("configuration", "left"),
+        ("weight bytes", "right"),
+        ("accuracy", "right"),
+        ("top-1 agreement", "right"),
+        ("min cosine", "right"),
+        ("max rel. error", "right"),
+    ):
+        pareto.add_column(col, justify=just)  # type: ignore[arg-type]
+    for t in sorted(search["tried"], key=lambda t: -t["weight_bytes"]):
+        if t["pareto"] or verbose:
+            pareto.add_row(t["label"], fmt_bytes(t["weight_bytes"]), *_quality_cells(t["quality"]))
+    console.print(pareto)
+    if verbose:
+        rows: dict[str, dict[str, float]] = {}
+        for r in search["sensitivity"]:
+            rows.setdefault(r["tensor"], {})[r["setting"]] = r["damage"]
+        settings = list(dict.fromkeys(r["setting"] for r in search["sensitivity"]))
+        table = Table(
+            title="sensitivity: output relative error with one weight changed", title_justify="left"
+        )
+        table.add_column("weight")
+        for name in settings:
+            table.add_column(name, justify="right")
+        for tensor, damage in rows.items():
+            table.add_row(tensor, *(_num(damage.get(name), ".2g") for name in settings))
+        console.print(table)
 
 
 def render_layers(layers: list[LayerError], console: Console) -> None:
@@ -532,6 +589,9 @@ def markdown_report(report: CompressReport) -> str:
             lines.append(
                 f"| `{e.weight}` | {e.op_type} | {sqnr} | {_num(e.relative_error, '.3g')} |"
             )
+    if report.search:
+        lines += ["", "| weight | chosen setting |", "| --- | --- |"]
+        lines += [f"| `{_md(n)}` | {v} |" for n, v in report.search["settings"].items()]
     notes = [*report.notes, *([] if ev is None else ev.notes)]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]

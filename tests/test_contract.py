@@ -92,7 +92,9 @@ def test_failed_gate_exits_8_and_still_writes_everything(tmp_path):
 
 
 def test_a_gate_that_cannot_be_measured_fails(tmp_path):
-    r = run("compress", CNN, tmp_path / "o.onnx", "--json", "--max-accuracy-drop", "1")
+    r = run(
+        "compress", CNN, tmp_path / "o.onnx", "--bits", "8", "--json", "--max-accuracy-drop", "1"
+    )
     assert r.exit_code == 8
     (gate,) = [g for g in doc_of(r)["gates"] if g["name"] == "--max-accuracy-drop"]
     assert gate["value"] is None and "labels" in gate["reason"]

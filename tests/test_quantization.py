@@ -82,3 +82,21 @@ def test_float16_scales_round_up_and_keep_the_bound(w, bits):
     assert np.abs(codes.astype(np.int32)).max() <= qmax(bits)
     err = np.abs(dequantize(codes, stored).astype(np.float64) - w)
     assert (err <= stored.astype(np.float64) / 2 * (1 + 1e-5) + np.abs(w) * 1e-6).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(w=weights, bits=st.integers(2, 4), data=st.data())
+def test_mse_scales_never_do_worse_and_keep_zeros(w, bits, data):
+    from prunequant_cli.quantization import mse_scale
+
+    zero = data.draw(arrays(bool, w.shape))
+    w = np.where(zero, np.float32(0), w)
+    base, searched = per_channel_scale(w, 0, bits), mse_scale(w, 0, bits)
+    other = tuple(range(1, w.ndim))
+
+    def err(scale):
+        back = dequantize(quantize(w, scale, bits), scale).astype(np.float64)
+        return ((back - w) ** 2).sum(axis=other)
+
+    assert (err(searched) <= err(base) * (1 + 1e-5) + 1e-12).all()
+    assert (dequantize(quantize(w, searched, bits), searched)[zero] == 0).all()

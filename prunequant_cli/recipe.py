@@ -1,0 +1,109 @@
+"""Recipes: per-weight settings in a small TOML file, written by a search, applied by --recipe.
+
+```toml
+# prunequant recipe
+schema_version = 1
+format = "auto"
+
+[tensors."conv1.weight"]
+bits = 4
+quant = "uniform"
+sparsity = 0.5
+
+[tensors."fc2.weight"]
+keep = true            # left in float
+```
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prunequant_cli.config import CompressConfig
+from prunequant_cli.errors import InputError, UsageError, safe_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_VERSION = 1
+_KEYS = {"bits", "quant", "sparsity", "threshold", "keep"}
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string with non-ASCII kept is a valid TOML basic string.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _setting_lines(config: CompressConfig) -> list[str]:
+    if config.bits is None and config.prune_method is None:
+        return ["keep = true"]
+    lines = []
+    if config.bits is not None:
+        lines.append(f"bits = {config.bits}")
+        if config.bits != 16:
+            lines.append(f"quant = {_toml_string(config.quant)}")
+    if config.sparsity is not None:
+        lines.append(f"sparsity = {config.sparsity!r}")
+    if config.threshold is not None:
+        lines.append(f"threshold = {config.threshold!r}")
+    return lines
+
+
+def recipe_text(config: CompressConfig, comment: str = "") -> str:
+    """The recipe for ``config``'s per-weight settings (and its storage format)."""
+    lines = ["# prunequant recipe: per-weight settings."]
+    lines += [f"# {line}" for line in comment.splitlines()]
+    lines += [
+        "# Apply with: prunequant compress MODEL OUTPUT --recipe THIS_FILE",
+        f"schema_version = {RECIPE_VERSION}",
+        f"format = {_toml_string(config.format)}",
+    ]
+    for name in sorted(config.per_tensor):
+        lines += ["", f"[tensors.{_toml_string(name)}]", *_setting_lines(config.per_tensor[name])]
+    return "\n".join(lines) + "\n"
+
+
+def _tensor_config(name: str, table: Any) -> CompressConfig:
+    if not isinstance(table, dict) or not set(table) <= _KEYS:
+        extra = sorted(set(table) - _KEYS) if isinstance(table, dict) else table
+        raise UsageError(
+            f"recipe entry {safe_text(name)!r} has unknown settings: {safe_text(extra)}"
+        )
+    if table.get("keep"):
+        return CompressConfig(bits=None)
+    return CompressConfig(
+        bits=table.get("bits"),
+        quant=table.get("quant", "uniform"),
+        sparsity=table.get("sparsity"),
+        threshold=table.get("threshold"),
+    )
+
+
+def read_recipe(path: Path, base: CompressConfig | None = None) -> CompressConfig:
+    """A config whose per-weight settings come from the recipe at ``path``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"recipe not found: {safe_text(path)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read recipe {safe_text(path)}: {safe_text(e)}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"recipe {safe_text(path)} is not valid TOML: {safe_text(e)}") from None
+    if data.get("schema_version") != RECIPE_VERSION:
+        raise UsageError(f"recipe {safe_text(path)} has no schema_version = {RECIPE_VERSION}")
+    tensors = data.get("tensors", {})
+    if not isinstance(tensors, dict):
+        raise UsageError(f"recipe {safe_text(path)}: [tensors] must be a table")
+    base = base or CompressConfig()
+    return CompressConfig(
+        bits=base.bits,
+        format=str(data.get("format", base.format)),
+        keep_quantized=base.keep_quantized,
+        exclude=base.exclude,
+        per_tensor={name: _tensor_config(name, t) for name, t in tensors.items()},
+    )

@@ -1,0 +1,473 @@
+"""Settings chosen by measured quality: the smallest model that stays within a budget.
+
+1. Sensitivity: each weight alone is given each candidate setting (bits 8/6/4/3/2,
+   codebooks, magnitude pruning); the model runs in onnxruntime on a subset of the
+   evaluation data with that one weight replaced (weights are fed as overridable
+   inputs, so no model is rebuilt), and the damage is the largest relative error of
+   the outputs. The bytes of each setting are measured by a dry-run encoding.
+2. Allocation: per weight, the options that no other option beats in both bytes and
+   damage form a convex curve; all the curves' steps, merged by damage per byte
+   saved, give one path from "all float" down to "everything at its smallest".
+3. Verification: prefixes of the path are measured end to end on the full
+   evaluation data (a binary search for the longest one within the budget), and so
+   is every single global setting; the smallest configuration within the budget wins.
+
+Weights are replaced by their exact decoded values, so what is measured here is
+what the written model computes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from prunequant_cli import encodings, pruning
+from prunequant_cli.config import CompressConfig, GateConfig
+from prunequant_cli.evaluate import closeness, open_session
+from prunequant_cli.gates import LOSSLESS_TOLERANCE
+from prunequant_cli.passes import make_payload
+from prunequant_cli.progress import NO_PROGRESS, Progress
+from prunequant_cli.selection import WeightSite
+
+SUBSET_SAMPLES = 128
+
+FLOAT = CompressConfig(bits=None)
+CANDIDATES: tuple[CompressConfig, ...] = (
+    CompressConfig(bits=8),
+    CompressConfig(bits=6),
+    CompressConfig(bits=4),
+    CompressConfig(bits=3),
+    CompressConfig(bits=2),
+    CompressConfig(bits=4, quant="codebook"),
+    CompressConfig(bits=3, quant="codebook"),
+    CompressConfig(bits=2, quant="codebook"),
+    CompressConfig(bits=8, sparsity=0.5),
+    CompressConfig(bits=4, sparsity=0.25),
+    CompressConfig(bits=4, sparsity=0.5),
+    CompressConfig(bits=4, sparsity=0.75),
+    CompressConfig(bits=4, sparsity=0.5, quant="codebook"),
+    CompressConfig(bits=2, sparsity=0.5, quant="codebook"),
+    CompressConfig(bits=2, sparsity=0.75, quant="codebook"),
+    CompressConfig(bits=2, sparsity=0.75),
+)
+
+
+def label(config: CompressConfig) -> str:
+    """'int4', 'codebook3', 'int4 50% pruned', 'float'."""
+    if config.bits is None:
+        return "float"
+    name = f"codebook{config.bits}" if config.quant == "codebook" else f"int{config.bits}"
+    if config.sparsity:
+        name += f" {config.sparsity:.0%} pruned"
+    return name
+
+
+@dataclass
+class Quality:
+    """End-to-end quality of a configuration, against the original model."""
+
+    accuracy_drop: float | None  # points
+    agreement: float | None  # top-1, on the label (or first class-score) output
+    all_agreement: float | None  # lowest top-1 agreement over class-score outputs
+    min_cosine: float | None
+    max_relative_error: float
+    other_relative_error: float = 0.0  # largest over outputs that are not class scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy_drop_points": self.accuracy_drop,
+            "top1_agreement": self.agreement,
+            "min_cosine": self.min_cosine,
+            "max_relative_error": (
+                self.max_relative_error if math.isfinite(self.max_relative_error) else None
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The quality a search must keep; ``max_accuracy_drop == 0`` is the lossless mode."""
+
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    min_cosine: float | None = None
+
+    @classmethod
+    def from_gates(cls, gates: GateConfig) -> Budget:
+        return cls(gates.max_accuracy_drop, gates.min_agreement, gates.min_cosine)
+
+    @property
+    def given(self) -> bool:
+        return any(
+            v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.min_cosine)
+        )
+
+    @property
+    def lossless(self) -> bool:
+        return self.max_accuracy_drop == 0
+
+    def holds(self, q: Quality) -> bool:
+        return not self.shortfalls(q)
+
+    def shortfalls(self, q: Quality) -> list[str]:
+        """What misses the budget, in words (empty when it holds)."""
+        out = []
+        limit = self.max_accuracy_drop
+        if limit is not None and (q.accuracy_drop is None or q.accuracy_drop > limit + 1e-9):
+            out.append(f"accuracy drop {q.accuracy_drop} > {limit} points")
+        if self.lossless:
+            if q.all_agreement is not None and q.all_agreement < 1.0:
+                out.append(f"top-1 agreement {q.all_agreement:.4f} < 1 (lossless)")
+            if q.other_relative_error > LOSSLESS_TOLERANCE:
+                out.append(
+                    f"relative error {q.other_relative_error:.3g} > {LOSSLESS_TOLERANCE} (lossless)"
+                )
+        if self.min_agreement is not None and (q.agreement or 0.0) < self.min_agreement:
+            out.append(f"top-1 agreement {q.agreement} < {self.min_agreement}")
+        if (
+            self.min_cosine is not None
+            and (q.min_cosine if q.min_cosine is not None else -1) < self.min_cosine
+        ):
+            out.append(f"cosine {q.min_cosine} < {self.min_cosine}")
+        return out
+
+
+class Probe:
+    """The original model with its weights as overridable inputs, and its reference outputs."""
+
+    def __init__(
+        self,
+        model: ir.Model,
+        sites: list[WeightSite],
+        batches: list[dict[str, np.ndarray]],
+        labels: np.ndarray | None,
+        label_output: str | None,
+        threads: int,
+    ) -> None:
+        proto = ir.serde.serialize_model(model)
+        known = {i.name for i in proto.graph.input}
+        for site in sites:
+            tensor = site.value.const_value
+            if site.graph is model.graph and site.name not in known and tensor is not None:
+                proto.graph.input.append(
+                    onnx.helper.make_tensor_value_info(
+                        site.name, tensor.dtype.value, list(tensor.shape.numpy())
+                    )
+                )
+        self.session = open_session(proto.SerializeToString(), threads, "original")
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.batches = batches
+        self.labels = labels
+        self.label_output = label_output
+        self.subset = self._subset(batches)
+        self.reference = self._run(self.batches, {})
+        self.reference_subset = self._run(self.subset, {})
+
+    @staticmethod
+    def _subset(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        chosen, count = [], 0
+        for b in batches:
+            chosen.append(b)
+            first = next(iter(b.values()), None)
+            count += first.shape[0] if first is not None and first.ndim else 1
+            if count >= SUBSET_SAMPLES:
+                break
+        return chosen
+
+    def _run(
+        self, batches: list[dict[str, np.ndarray]], overrides: dict[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        runs = [self.session.run(None, {**feed, **overrides}) for feed in batches]
+        outputs = []
+        for i in range(len(self.outputs)):
+            parts = [np.asarray(r[i]) for r in runs]
+            joined = np.concatenate(parts) if all(p.ndim for p in parts) else np.stack(parts)
+            outputs.append(joined)
+        return outputs
+
+    def quality(self, overrides: dict[str, np.ndarray], subset: bool = False) -> Quality:
+        ref = self.reference_subset if subset else self.reference
+        got = self._run(self.subset if subset else self.batches, overrides)
+        cosines, errors, other_errors, agreements = [], [], [], {}
+        for name, a, b in zip(self.outputs, ref, got, strict=True):
+            if a.dtype.kind not in "fiub":
+                continue
+            cos, rel, _ = closeness(a, b)
+            cosines.append(cos)
+            error = math.inf if rel is None else rel
+            errors.append(error)
+            if a.ndim == 2 and a.shape[1] > 1 and a.dtype.kind == "f":
+                agreements[name] = float(np.mean(a.argmax(1) == b.argmax(1)))
+            else:
+                other_errors.append(error)
+        key = self.label_output if self.label_output in agreements else next(iter(agreements), None)
+        drop = None
+        if self.labels is not None and key is not None and not subset:
+            i = self.outputs.index(key)
+            labels = self.labels[: len(ref[i])]
+            drop = 100.0 * (
+                np.mean(ref[i].argmax(1) == labels) - np.mean(got[i].argmax(1) == labels)
+            )
+        return Quality(
+            accuracy_drop=None if drop is None else float(drop),
+            agreement=agreements.get(key) if key else None,
+            all_agreement=min(agreements.values()) if agreements else None,
+            min_cosine=min(cosines) if cosines else None,
+            max_relative_error=max(errors) if errors else 0.0,
+            other_relative_error=max(other_errors) if other_errors else 0.0,
+        )
+
+
+@dataclass
+class Option:
+    """One setting of one weight: its encoded bytes and the damage it alone does."""
+
+    config: CompressConfig
+    bytes: int
+    damage: float
+
+
+@dataclass
+class SearchResult:
+    config: CompressConfig  # per-tensor settings to apply
+    chosen: str
+    budget: Budget
+    quality: Quality
+    sensitivity: dict[str, list[Option]]
+    tried: list[tuple[str, int, Quality]] = field(default_factory=list)
+    seconds: float = 0.0
+    out_of_time: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        pareto = _pareto(self.tried)
+        return {
+            "budget": {
+                "max_accuracy_drop": self.budget.max_accuracy_drop,
+                "min_agreement": self.budget.min_agreement,
+                "min_cosine": self.budget.min_cosine,
+                "lossless": self.budget.lossless,
+                "lossless_tolerance": LOSSLESS_TOLERANCE if self.budget.lossless else None,
+            },
+            "chosen": self.chosen,
+            "quality": self.quality.to_dict(),
+            "settings": {name: label(c) for name, c in sorted(self.config.per_tensor.items())},
+            "sensitivity": [
+                {"tensor": name, "setting": label(o.config), "bytes": o.bytes, "damage": o.damage}
+                for name, options in self.sensitivity.items()
+                for o in options
+            ],
+            "tried": [
+                {
+                    "label": lab,
+                    "weight_bytes": b,
+                    "quality": q.to_dict(),
+                    "pareto": (lab, b) in pareto,
+                }
+                for lab, b, q in self.tried
+            ],
+            "seconds": self.seconds,
+            "out_of_time": self.out_of_time,
+        }
+
+
+def _pareto(tried: list[tuple[str, int, Quality]]) -> set[tuple[str, int]]:
+    """Configurations no other one beats in both weight bytes and output error."""
+    front = set()
+    for lab, b, q in tried:
+        if not any(
+            b2 <= b
+            and q2.max_relative_error <= q.max_relative_error
+            and (b2, q2.max_relative_error) != (b, q.max_relative_error)
+            for _, b2, q2 in tried
+        ):
+            front.add((lab, b))
+    return front
+
+
+def _payload(
+    site: WeightSite, w: np.ndarray, config: CompressConfig, opset: int
+) -> encodings.Payload:
+    """The weight ``w`` pruned and quantized as ``config`` says."""
+    pruned = w
+    if config.sparsity:
+        pruned = pruning.apply_zero_mask(w, pruning.magnitude_cut(w, config.sparsity).mask(w))
+    return make_payload(pruned, site, config, bool(config.sparsity), opset)
+
+
+def _hull(options: list[Option]) -> list[Option]:
+    """The lower convex hull of (bytes, damage), from the largest option to the smallest."""
+    pts = sorted(options, key=lambda o: (-o.bytes, o.damage))
+    frontier: list[Option] = []
+    for o in pts:  # drop options that a larger-or-equal one... is never better than
+        if frontier and o.damage >= frontier[-1].damage and o.bytes >= frontier[-1].bytes:
+            continue
+        while frontier and frontier[-1].damage >= o.damage:
+            frontier.pop()
+        frontier.append(o)
+    hull: list[Option] = []
+    for o in frontier:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # keep b only if it lies below the line from a to o
+            if (b.damage - a.damage) * (a.bytes - o.bytes) >= (o.damage - a.damage) * (
+                a.bytes - b.bytes
+            ):
+                hull.pop()
+            else:
+                break
+        hull.append(o)
+    return hull
+
+
+def _slope(current: Option, smaller: Option) -> float:
+    """Damage added per byte saved by moving a weight from ``current`` to ``smaller``."""
+    return (smaller.damage - current.damage) / (current.bytes - smaller.bytes)
+
+
+def run_search(
+    model: ir.Model,
+    sites: list[WeightSite],
+    probe: Probe,
+    budget: Budget,
+    time_budget: float,
+    progress: Progress = NO_PROGRESS,
+) -> SearchResult:
+    """Choose per-weight settings: the smallest configuration whose quality stays in budget."""
+    started = time.perf_counter()
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
+    usable = [s for s in sites if s.graph is model.graph]  # subgraph weights cannot be fed
+    sensitivity: dict[str, list[Option]] = {}
+    out_of_time = False
+    progress.stage("sensitivity", len(usable) * len(CANDIDATES))
+    for site in usable:
+        tensor = site.value.const_value
+        assert tensor is not None
+        w = tensor.numpy()
+        options = [Option(FLOAT, int(tensor.nbytes), 0.0)]
+        for config in CANDIDATES:
+            progress.advance()
+            if time.perf_counter() - started > time_budget / 2:
+                out_of_time = True
+                break
+            payload = _payload(site, w, config, opset)
+            enc = encodings.choose(payload, opset, encodings.FORMATS["auto"], site.graph, shared)
+            if enc is None:
+                continue
+            decoded = payload.decode().astype(w.dtype)
+            damage = probe.quality({site.name: decoded}, subset=True).max_relative_error
+            options.append(Option(config, enc.cost(site.graph, payload, shared), damage))
+            del decoded, payload
+        sensitivity[site.name] = options
+
+    # The greedy path: every weight's hull steps, cheapest damage per byte first.
+    steps = []
+    for name, options in sensitivity.items():
+        hull = _hull(options)
+        for a, b in itertools.pairwise(hull):
+            saved = a.bytes - b.bytes
+            steps.append(((b.damage - a.damage) / saved if saved else math.inf, name, b))
+    steps.sort(key=lambda s: (s[0], s[1]))
+
+    def state_at(k: int) -> dict[str, Option]:
+        state = {
+            name: next(o for o in opts if o.config is FLOAT) for name, opts in sensitivity.items()
+        }
+        for _, name, option in steps[:k]:
+            state[name] = option
+        return state
+
+    def weight_bytes(state: dict[str, Option]) -> int:
+        return sum(o.bytes for o in state.values())
+
+    tried: list[tuple[str, int, Quality]] = []
+
+    by_name = {s.name: s for s in usable}
+
+    def measure(lab: str, state: dict[str, Option]) -> Quality:
+        overrides = {}
+        for n, o in state.items():
+            if o.config is not FLOAT:
+                site = by_name[n]
+                w = site.value.const_value.numpy()  # type: ignore[union-attr]
+                overrides[n] = _payload(site, w, o.config, opset).decode().astype(w.dtype)
+        q = probe.quality(overrides)
+        del overrides
+        tried.append((lab, weight_bytes(state), q))
+        progress.advance()
+        return q
+
+    progress.stage("verifying", None)
+    best_state = state_at(0)
+    best_q = measure("all float", best_state)
+    # Every single global setting (measured where all weights have it).
+    for config in CANDIDATES:
+        if time.perf_counter() - started > time_budget:
+            out_of_time = True
+            break
+        state = {}
+        for name, opts in sensitivity.items():
+            match = [o for o in opts if o.config is config]
+            state[name] = match[0] if match else opts[0]
+        q = measure(f"all {label(config)}", state)
+        if budget.holds(q) and weight_bytes(state) < weight_bytes(best_state):
+            best_state, best_q = state, q
+    # Binary search for the longest prefix of the path within the budget.
+    lo, hi = 0, len(steps)
+    while lo < hi and time.perf_counter() - started <= time_budget:
+        mid = (lo + hi + 1) // 2
+        state = state_at(mid)
+        q = measure(f"path step {mid}/{len(steps)}", state)
+        if budget.holds(q):
+            lo = mid
+            if weight_bytes(state) < weight_bytes(best_state):
+                best_state, best_q = state, q
+        else:
+            hi = mid - 1
+    # Refine the best configuration one weight at a time: the smaller option with the
+    # least damage per byte saved, kept when the budget still holds, else never tried again.
+    rejected: set[tuple[str, int]] = set()  # (weight, id(option)) that broke the budget
+    while time.perf_counter() - started <= time_budget:
+        moves = []
+        for name, opts in sensitivity.items():
+            current = best_state[name]
+            smaller = [o for o in opts if o.bytes < current.bytes and (name, id(o)) not in rejected]
+            if not smaller:
+                continue
+            move = min(smaller, key=lambda o: (_slope(current, o), -o.bytes))
+            moves.append((_slope(current, move), name, move))
+        if not moves:
+            break
+        _, name, move = min(moves, key=lambda m: (m[0], m[1]))
+        state = {**best_state, name: move}
+        q = measure(f"refine {name} → {label(move.config)}", state)
+        if budget.holds(q):
+            best_state, best_q = state, q
+        else:
+            rejected.add((name, id(move)))
+    if time.perf_counter() - started > time_budget:
+        out_of_time = True
+
+    per_tensor = {name: o.config for name, o in best_state.items()}
+    chosen = (
+        "mixed"
+        if len({label(c) for c in per_tensor.values()}) > 1
+        else label(next(iter(per_tensor.values()), FLOAT))
+    )
+    return SearchResult(
+        config=CompressConfig(per_tensor=per_tensor),
+        chosen=chosen,
+        budget=budget,
+        quality=best_q,
+        sensitivity=sensitivity,
+        tried=tried,
+        seconds=time.perf_counter() - started,
+        out_of_time=out_of_time,
+    )

@@ -1,0 +1,169 @@
+"""Budgeted search: smaller than any single global setting, lossless mode, recipes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import SAMPLES, run_both
+
+from prunequant_cli import CompressConfig, EvalConfig, GateConfig, compress
+from prunequant_cli.cli import main
+from prunequant_cli.pipeline import search
+from prunequant_cli.search import CANDIDATES, label
+
+EV = EvalConfig(latency_runs=2)
+
+
+def _eval(name):
+    return EvalConfig(data=SAMPLES / f"{name}.npz", latency_runs=2)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_budget_beats_every_single_global_setting(tmp_path, name):
+    src = SAMPLES / f"{name}.onnx"
+    found = search(src, tmp_path / "s.onnx", GateConfig(max_accuracy_drop=1), _eval(name))
+    assert found.passed and found.evaluation.accuracy_drop_points <= 1
+    best_global = None
+    for config in CANDIDATES:
+        r = compress(src, tmp_path / "g.onnx", config, _eval(name))
+        if r.evaluation.accuracy_drop_points <= 1:
+            size = r.compressed.file_bytes
+            best_global = size if best_global is None else min(best_global, size)
+    assert best_global is not None
+    assert found.compressed.file_bytes < best_global
+    assert found.search["recipe"].endswith("s.onnx.recipe.toml")
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_lossless_changes_no_prediction(tmp_path, name):
+    out = tmp_path / "s.onnx"
+    report = search(SAMPLES / f"{name}.onnx", out, GateConfig(max_accuracy_drop=0), _eval(name))
+    assert report.passed and report.ratio < 0.5
+    data = np.load(SAMPLES / f"{name}.npz")
+    ya, yb, _ = run_both(SAMPLES / f"{name}.onnx", out, {"input": data["input"]})
+    np.testing.assert_array_equal(ya[0].argmax(1), yb[0].argmax(1))
+    assert report.search["budget"]["lossless"] is True
+
+
+def test_cli_search_writes_a_recipe_that_reproduces_the_model(tmp_path):
+    out, again = tmp_path / "s.onnx", tmp_path / "again.onnx"
+    data = str(SAMPLES / "digits_mlp.npz")
+    runner = CliRunner()
+    r = runner.invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(out),
+            "--data",
+            data,
+            "--max-accuracy-drop",
+            "1",
+            "--json",
+            "--write-recipe",
+            str(tmp_path / "r.toml"),
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["search"]["recipe"] == str(tmp_path / "r.toml")
+    assert set(doc["search"]["settings"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert any(t["pareto"] for t in doc["search"]["tried"])
+    r = runner.invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(again),
+            "--recipe",
+            str(tmp_path / "r.toml"),
+            "--no-eval",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["settings"]["per_tensor"] == doc["search"]["settings"]
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_explicit_settings_make_the_budget_a_gate(tmp_path):
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--bits",
+            "2",
+            "--data",
+            str(SAMPLES / "digits_mlp.npz"),
+            "--max-accuracy-drop",
+            "1",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 8
+    assert json.loads(r.stdout)["search"] is None
+
+
+def test_a_search_needs_labels_for_an_accuracy_budget(tmp_path):
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--max-accuracy-drop",
+            "1",
+        ],
+    )
+    assert r.exit_code == 2 and "needs labels" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_agreement_budget_without_labels_and_a_tiny_time_budget(tmp_path):
+    report = search(
+        SAMPLES / "digits_cnn.onnx",
+        tmp_path / "s.onnx",
+        GateConfig(min_agreement=0.95),
+        EV,
+        time_budget=1,
+    )
+    assert report.evaluation.source == "synthetic"
+    assert report.passed
+    assert report.evaluation.outputs[0].top1_agreement >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('schema_version = 1\n[tensors."x"]\nbits = 4\ncolour = 3\n', "unknown settings"),
+        ("nonsense = = 1", "not valid TOML"),
+        ("[tensors]\n", "schema_version"),
+        ('schema_version = 1\n[tensors."fc1.weight"]\nbits = 11\n', "--bits"),
+    ],
+)
+def test_bad_recipes_are_usage_errors(tmp_path, text, message):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text)
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--recipe",
+            str(recipe),
+        ],
+    )
+    assert r.exit_code == 2, r.stderr
+    assert message in r.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_labels_of_settings():
+    assert label(CompressConfig(bits=4, sparsity=0.5, quant="codebook")) == "codebook4 50% pruned"
+    assert label(CompressConfig(bits=None)) == "float"
