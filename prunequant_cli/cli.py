@@ -306,6 +306,12 @@ def main() -> None:
     "2^bits shared values per tensor (k-means), more accurate at 2-4 bits.",
 )
 @click.option(
+    "--block-size",
+    type=click.IntRange(min=2),
+    help="Uniform codes of 2-D weights (MatMul, Gemm) get one scale per block of this many "
+    "input weights instead of one per output neuron: more accurate at 2-4 bits.",
+)
+@click.option(
     "--format",
     "storage",
     type=click.Choice(["auto", "dense", "int8", "sparse"]),
@@ -397,6 +403,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             sparsity=opts["sparsity"],
             bits=None if opts["no_quantize"] else opts["bits"],
             quant=opts["quant"],
+            block_size=opts["block_size"],
             format=opts["storage"],
             keep_quantized=opts["keep_quantized"],
             exclude=opts["exclude"],
@@ -417,6 +424,7 @@ SETTING_OPTIONS = (
     "sparsity",
     "bits",
     "quant",
+    "block_size",
     "storage",
     "keep_quantized",
     "no_quantize",

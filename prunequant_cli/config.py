@@ -27,6 +27,8 @@ class CompressConfig:
             float weights (pruning only).
         quant: "uniform" (symmetric, one scale per output channel) or "codebook"
             (2**bits shared values per tensor, learned by k-means).
+        block_size: Uniform codes of 2-D weights get one scale per block of this
+            many input weights of each output neuron (None: one per output channel).
         format: How codes are stored: "auto" (the smallest form per tensor that
             runs at the model's opset), "dense", "int8" (one byte per code) or
             "sparse" (bitmask of the non-zeros).
@@ -41,6 +43,7 @@ class CompressConfig:
     sparsity: float | None = None
     bits: int | None = 8
     quant: str = "uniform"
+    block_size: int | None = None
     format: str = "auto"
     keep_quantized: bool = False
     exclude: tuple[str, ...] = ()
@@ -55,6 +58,8 @@ class CompressConfig:
             raise UsageError(f"--sparsity must be within [0, 1), got {self.sparsity}")
         if self.bits is not None and not (MIN_BITS <= self.bits <= MAX_BITS or self.bits == 16):
             raise UsageError(f"--bits must be within {MIN_BITS}..{MAX_BITS} or 16, got {self.bits}")
+        if self.block_size is not None and (self.block_size < 2 or self.quant != "uniform"):
+            raise UsageError("a block size (2 or more) goes with uniform quantization")
         if self.quant not in QUANT_METHODS:
             raise UsageError(f"--quant must be one of {', '.join(QUANT_METHODS)}, got {self.quant}")
         if self.format not in FORMAT_NAMES:

@@ -75,7 +75,8 @@ class Payload:
     codebook: np.ndarray | None = None  # codebook: the shared values, weight dtype
     half: np.ndarray | None = None  # float16 storage
     values: np.ndarray | None = None  # float: pruned but not quantized
-    block_size: int | None = None  # uniform: scale per block of rows along axis 0
+    block_size: int | None = None  # uniform: one scale per block of this many entries...
+    block_axis: int = 0  # ...along this axis; the scale then has the weight's rank
 
     @property
     def kind(self) -> str:
@@ -98,7 +99,7 @@ class Payload:
             assert self.scale is not None
             scale = self.scale.astype(np_dtype)
             if self.block_size:
-                scale = np.repeat(scale, self.block_size, axis=0)
+                scale = np.repeat(scale, self.block_size, axis=self.block_axis)
             return self.codes.astype(np_dtype) * scale
         if self.indices is not None:
             assert self.codebook is not None
@@ -302,14 +303,27 @@ def _unpack_planes(
     return values if len(shape) == 1 else _reshape(b, values)
 
 
-def _scale(b: DecodeBuilder) -> ir.Value:
-    """The per-channel scale initializer, cast to the weight's dtype if stored smaller."""
+def _scaled(b: DecodeBuilder, floats: ir.Value) -> ir.Value:
+    """``floats`` (the codes as the weight's dtype) times the scales.
+
+    Per-channel scales broadcast directly. Per-block scales [.., n/k, ..] do after a
+    Reshape that splits the block axis into [n/k, k]; a second Reshape restores it.
+    """
     p = b.payload
     assert p.scale is not None
-    scale = b.init("s", p.scale)
+    scale_array = p.scale
+    if p.block_size:
+        a = p.block_axis
+        scale_array = p.scale.reshape(*p.scale.shape[: a + 1], 1, *p.scale.shape[a + 1 :])
+    scale = b.init("s", scale_array)
     if p.scale.dtype != p.dtype.numpy():
         scale = b.node("Cast", [scale], to=p.dtype.value)
-    return scale
+    if not p.block_size:
+        return b.node("Mul", [floats, scale])
+    a, k = p.block_axis, p.block_size
+    split = (*p.shape[:a], p.shape[a] // k, k, *p.shape[a + 1 :])
+    floats = b.node("Reshape", [floats, b.init("blocks", np.array(split, np.int64))])
+    return _reshape(b, b.node("Mul", [floats, scale]))
 
 
 def _dims(value: ir.Value) -> tuple[int, ...]:
@@ -332,15 +346,14 @@ class Encoding:
     kind = "uniform"
     min_opset = 7
     max_bits = 8
-    blocked = False  # writes payloads with per-block scales (and only those)
+    blocks = False  # can write payloads with per-block scales
+    blocks_only = False  # writes only those
 
     def applies(self, p: Payload, opset: int) -> bool:
-        return (
-            p.kind == self.kind
-            and opset >= self.min_opset
-            and p.bits <= self.max_bits
-            and bool(p.block_size) == self.blocked
-        )
+        blocked = bool(p.block_size)
+        if (blocked and not self.blocks) or (self.blocks_only and not blocked):
+            return False
+        return p.kind == self.kind and opset >= self.min_opset and p.bits <= self.max_bits
 
     def worth_trying(self, p: Payload) -> bool:
         """A cheap check that this encoding could beat the dense ones (default: yes)."""
@@ -363,17 +376,18 @@ class Encoding:
 
 
 class Int8(Encoding):
-    name, min_opset = "int8", 7
+    name, min_opset, blocks = "int8", 7, True
 
     def build(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
         codes = b.init("q", p.codes)  # type: ignore[arg-type]
-        scale = _scale(b)
-        return b.node("Mul", [b.node("Cast", [codes], to=p.dtype.value), scale])
+        return _scaled(b, b.node("Cast", [codes], to=p.dtype.value))
 
 
 class NativeInt(Encoding):
     """INT4/INT2 initializers (two or four codes per byte), cast at load."""
+
+    blocks = True
 
     def __init__(self, bits: int) -> None:
         self.max_bits = bits
@@ -384,14 +398,13 @@ class NativeInt(Encoding):
     def build(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
         codes = b.init("q", p.codes.astype(self._np))  # type: ignore[union-attr]
-        scale = _scale(b)
-        return b.node("Mul", [b.node("Cast", [codes], to=p.dtype.value), scale])
+        return _scaled(b, b.node("Cast", [codes], to=p.dtype.value))
 
 
 class PackedUint(Encoding):
     """Offset codes packed in uint8 planes, unpacked with integer Div/Mod (any opset >= 11)."""
 
-    min_opset = 11
+    min_opset, blocks = 11, True
 
     def __init__(self, width: int) -> None:
         self.width = width
@@ -403,10 +416,9 @@ class PackedUint(Encoding):
         offset = 1 << (self.width - 1)
         unsigned = (p.codes.astype(np.int16) + offset).astype(np.uint8)  # type: ignore[union-attr]
         packed = b.init("q", pack_planar(unsigned, self.width))
-        scale = _scale(b)
         floats = b.node("Cast", [_unpack_planes(b, packed, self.width)], to=p.dtype.value)
         shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
-        return b.node("Mul", [b.node("Sub", [floats, shift]), scale])
+        return _scaled(b, b.node("Sub", [floats, shift]))
 
 
 # Row v holds the four bits of nibble v, lowest first: Gather(table, nibbles) unpacks a mask.
@@ -423,7 +435,7 @@ class SparseBitmask(Encoding):
     The non-zero codes are int8, or (``width`` 4 or 2) offset codes packed in planes.
     """
 
-    min_opset = 11
+    min_opset, blocks = 11, True
 
     def __init__(self, width: int) -> None:
         self.width = width
@@ -449,13 +461,12 @@ class SparseBitmask(Encoding):
             unsigned = (nz.astype(np.int16) + offset).astype(np.uint8)
             packed = b.init("nz", pack_planar(unsigned, self.width))
             values = _unpack_planes(b, packed, self.width, (nz.size,))
-        scale = _scale(b)
         codes = _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
         floats = b.node("Cast", [codes], to=p.dtype.value)
         if offset:
             shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
             floats = b.node("Sub", [floats, shift])
-        return b.node("Mul", [floats, scale])
+        return _scaled(b, floats)
 
 
 def _mask(b: DecodeBuilder, nonzero: np.ndarray) -> ir.Value:
@@ -510,6 +521,7 @@ class SparseCoordinates(Encoding):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.blocks = kind == "uniform"
         self.name = "coordinates" if kind == "uniform" else "coordinates-float"
         self.max_bits = 8 if kind == "uniform" else 64
 
@@ -550,7 +562,7 @@ class SparseCoordinates(Encoding):
         dense = _reshape(b, b.node("ScatterND", [zeros, idx, values]))
         if p.kind != "uniform":
             return dense
-        return b.node("Mul", [b.node("Cast", [dense], to=p.dtype.value), _scale(b)])
+        return _scaled(b, b.node("Cast", [dense], to=p.dtype.value))
 
 
 class SparseCodebook(Encoding):
@@ -658,11 +670,14 @@ class DequantizeLinear(Encoding):
 class DequantizeLinearBlocked(DequantizeLinear):
     """int4 codes with one scale per block of input rows: what MatMulNBits runs natively."""
 
-    blocked = True
+    blocks = blocks_only = True
 
     def __init__(self) -> None:
         super().__init__(4)
         self.name = "dq-int4-blocked"
+
+    def applies(self, p: Payload, opset: int) -> bool:
+        return super().applies(p, opset) and p.block_axis == 0
 
     def build(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload

@@ -180,7 +180,21 @@ def make_payload(
         and w.shape[0] % DQ_BLOCK == 0
         and dtype == ir.DataType.FLOAT
     )
-    if blocked:
+    block_axis = 1 - site.axis if w.ndim == 2 else None  # the input side of a 2-D weight
+    if (
+        config.block_size
+        and block_axis is not None
+        and w.shape[block_axis] % config.block_size == 0
+        and w.shape[block_axis] > config.block_size
+    ):
+        p.block_size, p.block_axis = config.block_size, block_axis
+        scale = quantization.per_block_scale(w, config.block_size, bits, block_axis)
+        if scale.size >= HALF_SCALE_MIN_CHANNELS and dtype != ir.DataType.FLOAT16:
+            scale = quantization.half_scale(scale)
+        p.scale = scale
+        full = np.repeat(scale.astype(w.dtype), config.block_size, axis=block_axis)
+        p.codes = quantization.quantize(w, full, bits)
+    elif blocked:
         p.block_size = DQ_BLOCK
         p.scale = quantization.per_block_scale(w, DQ_BLOCK, bits)
         p.codes = quantization.quantize(w, np.repeat(p.scale, DQ_BLOCK, axis=0), bits)

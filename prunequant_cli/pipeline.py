@@ -363,7 +363,13 @@ def compress(
             "quant": config.quant if config.bits not in (None, 16) else None,
             "format": config.format,
             "keep_quantized": config.keep_quantized,
-            "granularity": "per_channel" if config.quant == "uniform" else "per_tensor",
+            "granularity": (
+                "per_tensor"
+                if config.quant == "codebook"
+                else f"per_block_{config.block_size}"
+                if config.block_size
+                else "per_channel"
+            ),
             "exclude": list(config.exclude),
             "per_tensor": {name: _label(c) for name, c in sorted(config.per_tensor.items())},
         },

@@ -39,10 +39,12 @@ def per_channel_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     return scale.astype(w.dtype)
 
 
-def per_block_scale(w: np.ndarray, block: int, bits: int) -> np.ndarray:
-    """One scale per block of ``block`` rows along axis 0 and per column: [rows/block, ...]."""
-    blocks = w.reshape(w.shape[0] // block, block, *w.shape[1:])
-    amax = np.abs(blocks).max(axis=1).astype(np.float64)
+def per_block_scale(w: np.ndarray, block: int, bits: int, axis: int = 0) -> np.ndarray:
+    """One scale per block of ``block`` consecutive entries along ``axis`` (and per position
+    on the other axes): shaped like ``w`` with that axis divided by ``block``."""
+    axis = axis % w.ndim
+    shape = (*w.shape[:axis], w.shape[axis] // block, block, *w.shape[axis + 1 :])
+    amax = np.abs(w.reshape(shape)).max(axis=axis + 1).astype(np.float64)
     scale = np.maximum(amax / qmax(bits), np.finfo(w.dtype).tiny)
     scale[amax == 0] = 1.0
     return scale.astype(w.dtype)

@@ -8,6 +8,7 @@ format = "auto"
 [tensors."conv1.weight"]
 bits = 4
 quant = "uniform"
+block = 32             # one scale per 32 input weights (2-D weights)
 sparsity = 0.5
 
 [tensors."fc2.weight"]
@@ -31,7 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPE_VERSION = 1
-_KEYS = {"bits", "quant", "sparsity", "threshold", "keep"}
+_KEYS = {"bits", "quant", "block", "sparsity", "threshold", "keep"}
 
 
 def _toml_string(text: str) -> str:
@@ -47,6 +48,8 @@ def _setting_lines(config: CompressConfig) -> list[str]:
         lines.append(f"bits = {config.bits}")
         if config.bits != 16:
             lines.append(f"quant = {_toml_string(config.quant)}")
+        if config.block_size:
+            lines.append(f"block = {config.block_size}")
     if config.sparsity is not None:
         lines.append(f"sparsity = {config.sparsity!r}")
     if config.threshold is not None:
@@ -79,6 +82,7 @@ def _tensor_config(name: str, table: Any) -> CompressConfig:
     return CompressConfig(
         bits=table.get("bits"),
         quant=table.get("quant", "uniform"),
+        block_size=table.get("block"),
         sparsity=table.get("sparsity"),
         threshold=table.get("threshold"),
     )

@@ -56,14 +56,19 @@ CANDIDATES: tuple[CompressConfig, ...] = (
     CompressConfig(bits=2, sparsity=0.5, quant="codebook"),
     CompressConfig(bits=2, sparsity=0.75, quant="codebook"),
     CompressConfig(bits=2, sparsity=0.75),
+    CompressConfig(bits=4, block_size=32),
+    CompressConfig(bits=3, block_size=32),
+    CompressConfig(bits=2, block_size=32),
 )
 
 
 def label(config: CompressConfig) -> str:
-    """'int4', 'codebook3', 'int4 50% pruned', 'float'."""
+    """'int4', 'int4/32' (a scale per 32 weights), 'codebook3', 'int4 50% pruned', 'float'."""
     if config.bits is None:
         return "float"
     name = f"codebook{config.bits}" if config.quant == "codebook" else f"int{config.bits}"
+    if config.block_size:
+        name += f"/{config.block_size}"
     if config.sparsity:
         name += f" {config.sparsity:.0%} pruned"
     return name

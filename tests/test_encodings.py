@@ -207,3 +207,45 @@ def test_blocked_int4_for_matmul_becomes_matmulnbits(tmp_path):
     assert np.dot(y.ravel(), ref) / (np.linalg.norm(y) * np.linalg.norm(ref)) > 0.999
     ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
     assert "MatMulNBits" in ops
+
+
+@pytest.mark.parametrize("name", ["int8", "packed4", "packed2", "sparse4", "coordinates", "int4"])
+@pytest.mark.parametrize("shape", [(64, 8), (8, 64)])
+def test_per_block_scales_decode_bit_exactly(tmp_path, name, shape):
+    """Scales per block of 32 input weights (MatMul weights: blocks along axis 0)."""
+    enc = encodings.BY_NAME[name]
+    opset = 21 if name == "int4" else 17
+    bits = {"int8": 8, "packed4": 4, "packed2": 2, "sparse4": 4, "coordinates": 8, "int4": 4}[name]
+    sparsity = {"sparse4": 0.6, "coordinates": 0.95}.get(name, 0.0)
+    w = _weight(shape, sparsity)
+    proto = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["y"]),
+            helper.make_node("Identity", ["W"], ["w_out"]),
+        ],
+        [("x", FLOAT, [2, shape[0]])],
+        [("y", FLOAT, [2, shape[1]]), ("w_out", FLOAT, list(shape))],
+        [tensor("W", w)],
+        opset=opset,
+        ir_version=10,
+    )
+    model = ir.serde.deserialize_model(proto)
+    value = model.graph.initializers["W"]
+    site = WeightSite(value, model.graph, 1, ("MatMul",))
+    payload = make_payload(w, site, CompressConfig(bits=bits, block_size=32), sparsity > 0, opset)
+    if shape[0] == 64:
+        assert payload.block_size == 32 and payload.scale.shape == (2, shape[1])
+    else:
+        assert payload.block_size is None  # 8 input weights: no block of 32
+    assert enc.applies(payload, opset) and enc.worth_trying(payload)
+    enc.encode(
+        model.graph,
+        value,
+        payload,
+        encodings.SharedConstants(encodings.NameAuthority(model), opset),
+    )
+    written = ir.serde.serialize_model(model)
+    onnx.checker.check_model(written, full_check=True)
+    sess = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
+    _, w_out = sess.run(None, {"x": np.ones((2, shape[0]), np.float32)})
+    np.testing.assert_array_equal(w_out, payload.decode())
