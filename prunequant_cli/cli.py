@@ -327,6 +327,12 @@ def main() -> None:
     help="Store DequantizeLinear codes that onnxruntime keeps quantized in memory (less RAM; "
     "slower for Conv/Gemm and at large batch).",
 )
+@click.option(
+    "--bias-correction",
+    is_flag=True,
+    help="Shift each Gemm/Conv bias by the mean output error of its quantized weight, "
+    "measured on the evaluation inputs.",
+)
 @click.option("--no-quantize", is_flag=True, help="Prune only: keep the weights in floating point.")
 @click.option(
     "--exclude",
@@ -406,6 +412,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             block_size=opts["block_size"],
             format=opts["storage"],
             keep_quantized=opts["keep_quantized"],
+            bias_correction=opts["bias_correction"],
             exclude=opts["exclude"],
         )
         if opts["recipe"] is not None:

@@ -34,6 +34,8 @@ class CompressConfig:
             "sparse" (bitmask of the non-zeros).
         keep_quantized: Store uniform codes with DequantizeLinear, which
             onnxruntime keeps quantized in memory instead of folding to float.
+        bias_correction: Shift the bias of each Gemm/Conv by the mean output error its
+            quantized weight adds on the evaluation inputs.
         exclude: Name globs of weights to leave untouched.
         per_tensor: Settings for single weights by name (from a recipe or a
             search); their threshold, sparsity, bits and quant replace these.
@@ -46,6 +48,7 @@ class CompressConfig:
     block_size: int | None = None
     format: str = "auto"
     keep_quantized: bool = False
+    bias_correction: bool = False
     exclude: tuple[str, ...] = ()
     per_tensor: Mapping[str, CompressConfig] = field(default_factory=dict)
 

@@ -8,12 +8,13 @@ materialises one pruned weight at a time and memory follows the largest tensor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from prunequant_cli import encodings, pruning, quantization
+from prunequant_cli.bias import Correctable, bias_shift
 from prunequant_cli.config import CompressConfig
 from prunequant_cli.encodings import Payload
 from prunequant_cli.progress import NO_PROGRESS, Progress
@@ -225,12 +226,14 @@ class QuantizePass(ir.passes.InPlacePass):
         config: CompressConfig,
         records: dict[str, TensorRecord],
         progress: Progress = NO_PROGRESS,
+        corrections: Mapping[str, tuple[Correctable, np.ndarray]] | None = None,
     ) -> None:
         super().__init__()
         self.sites = sites
         self.config = config
         self.records = records
         self.progress = progress
+        self.corrections = corrections or {}
 
     def candidates(self) -> tuple[encodings.Encoding, ...]:
         if self.config.keep_quantized:
@@ -274,8 +277,11 @@ class QuantizePass(ir.passes.InPlacePass):
         if encoding is None:
             record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
             return False
-        record.max_abs_error = _max_error(payload.decode(), tensor)
-        del w
+        decoded = payload.decode()
+        record.max_abs_error = _max_error(decoded, tensor)
+        if site.name in self.corrections:
+            self._correct_bias(site.name, decoded, tensor)
+        del w, decoded
         encoded = encoding.encode(site.graph, site.value, payload, shared)
         site.value.const_value = None  # the float source is no longer needed
         if encoding in encodings.KEEP_QUANTIZED:
@@ -285,6 +291,19 @@ class QuantizePass(ir.passes.InPlacePass):
         record.encoding = encoded.encoding
         record.stored_bytes = encoded.stored_bytes
         return True
+
+    def _correct_bias(self, name: str, decoded: np.ndarray, tensor: ir.TensorProtocol) -> None:
+        layer, mean_x = self.corrections[name]
+        original = _original(tensor).numpy()
+        shift = bias_shift(layer, decoded.astype(np.float64) - original, mean_x)
+        bias = layer.bias.const_value
+        if shift is None or bias is None or shift.shape != tuple(bias.shape.numpy()):
+            return
+        old = bias.numpy()
+        layer.bias.const_value = ir.Tensor((old - shift).astype(old.dtype), name=layer.bias.name)
+        record = self.records[name]
+        moved = float(np.abs(shift).max()) if shift.size else 0.0
+        record.note = f"bias {layer.bias.name} corrected (largest shift {moved:.3g})"
 
     def _store_float(
         self,
@@ -315,9 +334,14 @@ class QuantizePass(ir.passes.InPlacePass):
         return True
 
 
+def _original(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    """The weight as the original model has it (before any pruning)."""
+    return tensor.meta.get("original", tensor) if isinstance(tensor, ir.LazyTensor) else tensor
+
+
 def _max_error(decoded: np.ndarray, tensor: ir.TensorProtocol) -> float:
     """Largest change of a weight against the original model's (before any pruning)."""
-    original = tensor.meta.get("original", tensor) if isinstance(tensor, ir.LazyTensor) else tensor
+    original = _original(tensor)
     if decoded.size == 0:
         return 0.0
     return float(np.abs(decoded.astype(np.float64) - original.numpy()).max())

@@ -129,6 +129,7 @@ def search(
     recipe: str | Path | None = None,
     exclude: tuple[str, ...] = (),
     progress: Progress | None = None,
+    bias_correction: bool = True,
 ) -> CompressReport:
     """Find per-weight settings for the smallest model within the quality budget, and write it.
 
@@ -157,6 +158,7 @@ def search(
     if budget.max_accuracy_drop and comparison.labels is None:
         raise UsageError("--max-accuracy-drop above 0 needs labels in --data")
     sites, _ = select_weights(ir_model, exclude)
+    corrections = _bias_corrections(ir_model, sites, comparison) if bias_correction else {}
     probe = Probe(
         ir_model,
         sites,
@@ -164,9 +166,12 @@ def search(
         comparison.labels,
         evaluation.label_output,
         evaluation.threads,
+        [layer.bias for layer, _ in corrections.values()],
     )
-    result = run_search(ir_model, sites, probe, budget, time_budget, progress)
-    config = CompressConfig(per_tensor=result.config.per_tensor, exclude=exclude)
+    result = run_search(ir_model, sites, probe, budget, time_budget, progress, corrections)
+    config = CompressConfig(
+        per_tensor=result.config.per_tensor, exclude=exclude, bias_correction=bias_correction
+    )
     comment = f"chosen by a search for: {_budget_words(budget)}"
     write_text_atomic(recipe_path, recipe_text(config, comment), "recipe")
     final_gates = GateConfig(
@@ -186,6 +191,22 @@ def search(
     if result.out_of_time:
         report.notes.append("--time-budget ran out: some settings were not measured")
     return report
+
+
+def _bias_corrections(
+    ir_model: ir.Model, sites: list[Any], comparison: Comparison
+) -> dict[str, tuple[Any, np.ndarray]]:
+    """Each correctable weight's layer and the mean of its input on the evaluation data."""
+    from prunequant_cli.bias import activation_means, correctable
+
+    layers = {s.name: c for s in sites if (c := correctable(ir_model, s.value)) is not None}
+    means = activation_means(
+        ir_model,
+        sorted({c.activation for c in layers.values()}),
+        comparison.batches,
+        comparison.config.threads,
+    )
+    return {n: (c, means[c.activation]) for n, c in layers.items() if c.activation in means}
 
 
 def _label(config: CompressConfig) -> str:
@@ -284,11 +305,17 @@ def compress(
         )
         for s in sites
     }
+    corrections = None
+    if config.bias_correction:
+        if comparison is None:
+            raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
+        corrections = _bias_corrections(ir_model, sites, comparison)
+        notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases can absorb the shift")
     cleanup = RemoveUnusedInitializersPass()
     ir.passes.PassManager(
         [
             PrunePass(sites, config, records, progress),
-            QuantizePass(sites, config, records, progress),
+            QuantizePass(sites, config, records, progress, corrections),
             cleanup,
         ]
     )(ir_model)
@@ -363,6 +390,7 @@ def compress(
             "quant": config.quant if config.bits not in (None, 16) else None,
             "format": config.format,
             "keep_quantized": config.keep_quantized,
+            "bias_correction": config.bias_correction,
             "granularity": (
                 "per_tensor"
                 if config.quant == "codebook"

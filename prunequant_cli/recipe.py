@@ -4,6 +4,7 @@
 # prunequant recipe
 schema_version = 1
 format = "auto"
+bias_correction = true   # biases of Gemm/Conv absorb the mean error (needs --data)
 
 [tensors."conv1.weight"]
 bits = 4
@@ -65,6 +66,7 @@ def recipe_text(config: CompressConfig, comment: str = "") -> str:
         "# Apply with: prunequant compress MODEL OUTPUT --recipe THIS_FILE",
         f"schema_version = {RECIPE_VERSION}",
         f"format = {_toml_string(config.format)}",
+        f"bias_correction = {'true' if config.bias_correction else 'false'}",
     ]
     for name in sorted(config.per_tensor):
         lines += ["", f"[tensors.{_toml_string(name)}]", *_setting_lines(config.per_tensor[name])]
@@ -107,6 +109,7 @@ def read_recipe(path: Path, base: CompressConfig | None = None) -> CompressConfi
     return CompressConfig(
         bits=base.bits,
         format=str(data.get("format", base.format)),
+        bias_correction=bool(data.get("bias_correction", base.bias_correction)),
         keep_quantized=base.keep_quantized,
         exclude=base.exclude,
         per_tensor={name: _tensor_config(name, t) for name, t in tensors.items()},

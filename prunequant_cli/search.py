@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ import onnx
 import onnx_ir as ir
 
 from prunequant_cli import encodings, pruning
+from prunequant_cli.bias import Correctable, bias_shift
 from prunequant_cli.config import CompressConfig, GateConfig
 from prunequant_cli.evaluate import closeness, open_session
 from prunequant_cli.gates import LOSSLESS_TOLERANCE
@@ -155,15 +157,19 @@ class Probe:
         labels: np.ndarray | None,
         label_output: str | None,
         threads: int,
+        extra: Sequence[ir.Value] = (),
     ) -> None:
+        """``extra``: more initializers to make overridable (biases that a correction moves)."""
         proto = ir.serde.serialize_model(model)
         known = {i.name for i in proto.graph.input}
-        for site in sites:
-            tensor = site.value.const_value
-            if site.graph is model.graph and site.name not in known and tensor is not None:
+        overridable = [s.value for s in sites if s.graph is model.graph] + list(extra)
+        for value in overridable:
+            tensor = value.const_value
+            if value.name and value.name not in known and tensor is not None:
+                known.add(value.name)
                 proto.graph.input.append(
                     onnx.helper.make_tensor_value_info(
-                        site.name, tensor.dtype.value, list(tensor.shape.numpy())
+                        value.name, tensor.dtype.value, list(tensor.shape.numpy())
                     )
                 )
         self.session = open_session(proto.SerializeToString(), threads, "original")
@@ -343,12 +349,32 @@ def run_search(
     budget: Budget,
     time_budget: float,
     progress: Progress = NO_PROGRESS,
+    corrections: Mapping[str, tuple[Correctable, np.ndarray]] | None = None,
 ) -> SearchResult:
-    """Choose per-weight settings: the smallest configuration whose quality stays in budget."""
+    """Choose per-weight settings: the smallest configuration whose quality stays in budget.
+
+    With ``corrections`` (bias correction on), each candidate weight comes with its
+    corrected bias, so what is measured is what the written model computes.
+    """
     started = time.perf_counter()
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
     usable = [s for s in sites if s.graph is model.graph]  # subgraph weights cannot be fed
+    corrections = corrections or {}
+
+    def overrides_for(
+        site: WeightSite, w: np.ndarray, decoded: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        found = {site.name: decoded}
+        if site.name in corrections:
+            layer, mean_x = corrections[site.name]
+            shift = bias_shift(layer, decoded.astype(np.float64) - w, mean_x)
+            bias = layer.bias.const_value
+            if shift is not None and bias is not None and layer.bias.name:
+                old = bias.numpy()
+                found[layer.bias.name] = (old - shift).astype(old.dtype)
+        return found
+
     sensitivity: dict[str, list[Option]] = {}
     out_of_time = False
     progress.stage("sensitivity", len(usable) * len(CANDIDATES))
@@ -367,7 +393,7 @@ def run_search(
             if enc is None:
                 continue
             decoded = payload.decode().astype(w.dtype)
-            damage = probe.quality({site.name: decoded}, subset=True).max_relative_error
+            damage = probe.quality(overrides_for(site, w, decoded), subset=True).max_relative_error
             options.append(Option(config, enc.cost(site.graph, payload, shared), damage))
             del decoded, payload
         sensitivity[site.name] = options
@@ -402,7 +428,8 @@ def run_search(
             if o.config is not FLOAT:
                 site = by_name[n]
                 w = site.value.const_value.numpy()  # type: ignore[union-attr]
-                overrides[n] = _payload(site, w, o.config, opset).decode().astype(w.dtype)
+                decoded = _payload(site, w, o.config, opset).decode().astype(w.dtype)
+                overrides.update(overrides_for(site, w, decoded))
         q = probe.quality(overrides)
         del overrides
         tried.append((lab, weight_bytes(state), q))

@@ -80,7 +80,8 @@ def test_cli_search_writes_a_recipe_that_reproduces_the_model(tmp_path):
             str(again),
             "--recipe",
             str(tmp_path / "r.toml"),
-            "--no-eval",
+            "--data",
+            data,
             "--json",
         ],
     )
