@@ -352,6 +352,13 @@ def main() -> None:
     help="Where a search writes its recipe (default: OUTPUT.recipe.toml).",
 )
 @click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="After a search, draw the size-vs-quality points measured (PNG; needs the 'plot' "
+    "extra, matplotlib).",
+)
+@click.option(
     "--time-budget",
     type=click.FloatRange(min=1),
     default=600,
@@ -403,6 +410,10 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
                 opts["exclude"],
                 progress,
             )
+            if opts["plot_path"] is not None and report.search is not None:
+                from prunequant_cli.plot import plot_search
+
+                plot_search(report.search, opts["plot_path"])
             return _finish(report, opts)
         config = CompressConfig(
             threshold=opts["threshold"],

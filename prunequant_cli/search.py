@@ -289,13 +289,16 @@ class SearchResult:
 
 
 def _pareto(tried: list[tuple[str, int, Quality]]) -> set[tuple[str, int]]:
-    """Configurations no other one beats in both weight bytes and output error."""
+    """Configurations no other one beats in both weight bytes and quality (accuracy drop when
+    measured, else the largest output relative error)."""
+
+    def badness(q: Quality) -> float:
+        return q.accuracy_drop if q.accuracy_drop is not None else q.max_relative_error
+
     front = set()
     for lab, b, q in tried:
         if not any(
-            b2 <= b
-            and q2.max_relative_error <= q.max_relative_error
-            and (b2, q2.max_relative_error) != (b, q.max_relative_error)
+            b2 <= b and badness(q2) <= badness(q) and (b2, badness(q2)) != (b, badness(q))
             for _, b2, q2 in tried
         ):
             front.add((lab, b))

@@ -168,3 +168,25 @@ def test_bad_recipes_are_usage_errors(tmp_path, text, message):
 def test_labels_of_settings():
     assert label(CompressConfig(bits=4, sparsity=0.5, quant="codebook")) == "codebook4 50% pruned"
     assert label(CompressConfig(bits=None)) == "float"
+
+
+def test_plot_of_a_search(tmp_path):
+    png = tmp_path / "search.png"
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--data",
+            str(SAMPLES / "digits_mlp.npz"),
+            "--min-agreement",
+            "0.98",
+            "--plot",
+            str(png),
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (png.stat().st_mode & 0o777) == (tmp_path / "o.onnx").stat().st_mode & 0o777
