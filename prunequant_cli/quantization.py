@@ -118,6 +118,9 @@ def unpack_planar(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.n
     return planes.reshape(-1)[: int(np.prod(shape))].reshape(shape)
 
 
+KMEANS_FIT_MAX = 1 << 18
+
+
 def kmeans_codebook(w: np.ndarray, levels: int, keep_zero: bool, iterations: int = 25):
     """A deterministic 1-D k-means codebook for ``w`` and each weight's index.
 
@@ -131,6 +134,10 @@ def kmeans_codebook(w: np.ndarray, levels: int, keep_zero: bool, iterations: int
     """
     flat = w.reshape(-1).astype(np.float64)
     fit = flat[flat != 0] if keep_zero else flat
+    if fit.size > KMEANS_FIT_MAX:
+        # Centroids of a large tensor are fitted on an evenly strided sample: the same
+        # distribution at a fraction of the cost (deterministic, no random seed).
+        fit = np.sort(fit)[:: fit.size // KMEANS_FIT_MAX + 1]
     k = levels - 1 if keep_zero else levels
     centroids = np.zeros(0)
     if fit.size:

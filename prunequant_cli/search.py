@@ -424,16 +424,27 @@ def run_search(
     tried: list[tuple[str, int, Quality]] = []
 
     by_name = {s.name: s for s in usable}
+    # Decoded weights (and corrected biases) of the options in the best state so far,
+    # so each measurement only decodes what changed; at most about twice the model.
+    cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
     def measure(lab: str, state: dict[str, Option]) -> Quality:
         overrides = {}
         for n, o in state.items():
-            if o.config is not FLOAT:
+            if o.config is FLOAT:
+                continue
+            key = (n, id(o))
+            if key not in cache:
                 site = by_name[n]
                 w = site.value.const_value.numpy()  # type: ignore[union-attr]
                 decoded = _payload(site, w, o.config, opset).decode().astype(w.dtype)
-                overrides.update(overrides_for(site, w, decoded))
+                cache[key] = overrides_for(site, w, decoded)
+            overrides.update(cache[key])
         q = probe.quality(overrides)
+        keep = {(n, id(o)) for n, o in best_state.items()}
+        for key in [k for k in cache if k not in keep]:
+            if key not in {(n, id(o)) for n, o in state.items()} or not budget.holds(q):
+                del cache[key]
         del overrides
         tried.append((lab, weight_bytes(state), q))
         progress.advance()
