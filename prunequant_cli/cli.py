@@ -8,6 +8,8 @@ graph logic lives here.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -18,8 +20,10 @@ import click
 
 from prunequant_cli.errors import (
     EXIT_CODES,
+    EXIT_EVALUATION,
     EXIT_GATE,
     EXIT_INTERNAL,
+    EXIT_RESOURCE,
     PrunequantError,
     safe_text,
 )
@@ -29,13 +33,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
 
 
+# Whether stdout is a terminal, as the parent process sees it: a supervised run
+# writes through a pipe, but should look as it would on the terminal.
+_STDOUT_IS_TERMINAL = sys.stdout.isatty()
+
+
 def _console() -> Any:
     from rich.console import Console
 
-    # rich drops colour when stdout is not a terminal and honours NO_COLOR. Off a
-    # terminal it would fold tables to 80 columns (or $COLUMNS): give logs room.
-    width = None if sys.stdout.isatty() else 160
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+    # No colour off a terminal; NO_COLOR is honoured. Off a terminal rich would fold
+    # tables to 80 columns (or $COLUMNS): give logs room.
+    if _STDOUT_IS_TERMINAL and not os.environ.get("NO_COLOR"):
+        width = shutil.get_terminal_size().columns
+        return Console(file=sys.stdout, highlight=False, force_terminal=True, width=width)
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=160, no_color=True)
 
 
 class _RichProgress:
@@ -50,7 +61,8 @@ class _RichProgress:
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            # The run may be in a child process whose stderr is a pipe to the terminal.
+            console=Console(stderr=True, force_terminal=True),
             transient=True,
         )
         self._task: Any = None
@@ -69,8 +81,13 @@ class _RichProgress:
         self._bar.stop()
 
 
-def _progress(quiet: bool) -> Any:
-    return _RichProgress() if sys.stderr.isatty() and not quiet else None
+def _progress(show: bool) -> Any:
+    return _RichProgress() if show else None
+
+
+def _wants_progress(opts: dict[str, Any]) -> bool:
+    """Progress only on a terminal (decided before the run moves into a child process)."""
+    return sys.stderr.isatty() and not opts["quiet"]
 
 
 def _emit_json(doc: dict[str, Any]) -> None:
@@ -83,26 +100,82 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _run(debug: bool, action: Callable[[], int]) -> None:
+def _execute(debug: bool, action: Callable[[], int]) -> int:
     """Run a command body: user errors as one line + exit code, bugs with a traceback."""
     if not sys.stderr.isatty() and not debug:
         # Library warnings are noise in a CI log; what matters is in the report's notes.
         warnings.simplefilter("ignore")
     try:
-        code = action()
+        return action()
     except PrunequantError as e:
         if debug:
             raise
-        _fail(str(e), e.exit_code)
+        click.echo(f"prunequant: error: {e}", err=True)
+        return e.exit_code
+    except MemoryError:
+        click.echo("prunequant: error: out of memory (see --memory-limit)", err=True)
+        return EXIT_RESOURCE
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        click.echo("prunequant: error: interrupted", err=True)
+        return 130
     except Exception as e:
         if debug:
             raise
         what = f"{type(e).__name__}: {safe_text(e)}"
-        _fail(f"internal error: {what} (rerun with --debug for the traceback)", EXIT_INTERNAL)
-    else:
-        sys.exit(code)
+        click.echo(
+            f"prunequant: error: internal error: {what} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        return EXIT_INTERNAL
+
+
+def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | None]) -> None:
+    """Run ``action`` supervised (a child process under --timeout and --memory-limit) and exit.
+
+    ``guarded`` are the files the run writes: if the child dies, the temporary files it
+    left beside them are removed.
+    """
+    from prunequant_cli.supervise import Limits, run_supervised, signal_name
+
+    global _STDOUT_IS_TERMINAL
+    _STDOUT_IS_TERMINAL = sys.stdout.isatty()
+    debug = opts["debug"]
+    timeout = opts["timeout"] or None
+    memory = opts["memory_limit"] * 2**20 if opts["memory_limit"] else None
+    if timeout is None and memory is None:
+        sys.exit(_execute(debug, action))
+    paths = [p for p in guarded if p is not None]
+    before = {p: _temporaries(p) for p in paths}
+
+    def cleanup() -> None:
+        for p in paths:
+            for leftover in _temporaries(p) - before[p]:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
+    outcome = run_supervised(lambda: _execute(debug, action), Limits(timeout, memory), cleanup)
+    if outcome.timed_out:
+        _fail(
+            f"timed out after {opts['timeout']:g} s (--timeout); nothing was left half-written",
+            EXIT_RESOURCE,
+        )
+    if outcome.signal is not None:
+        name = signal_name(outcome.signal)
+        _fail(
+            f"the run crashed ({name}), most likely inside onnxruntime on this model",
+            EXIT_EVALUATION,
+        )
+    sys.exit(outcome.code if outcome.code is not None else EXIT_INTERNAL)
+
+
+def _temporaries(path: Path) -> set[Path]:
+    """Hidden temporary files and folders an atomic write of ``path`` makes beside it."""
+    try:
+        return {p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")}
+    except OSError:
+        return set()
 
 
 def _input_shape(
@@ -203,6 +276,35 @@ gate_options = _options(
         type=click.FloatRange(min=0, min_open=True),
         metavar="R",
         help="Gate: median latency at most R times the original's.",
+    ),
+)
+
+
+def _default_memory_mb() -> int:
+    from prunequant_cli.supervise import default_memory_limit
+
+    limit = default_memory_limit()
+    return limit // 2**20 if limit else 0
+
+
+limit_options = _options(
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=1800,
+        show_default=True,
+        metavar="SECONDS",
+        help="Stop the run after this long (a model can make onnxruntime loop forever); "
+        "0: no limit.",
+    ),
+    click.option(
+        "--memory-limit",
+        type=click.IntRange(min=0),
+        default=_default_memory_mb,
+        show_default="80% of this machine's memory",
+        metavar="MB",
+        help="Cap the memory the run may allocate (a few bytes of model can ask for gigabytes); "
+        "0: no limit.",
     ),
 )
 
@@ -369,6 +471,7 @@ def main() -> None:
 @evaluation_options
 @gate_options
 @output_options
+@limit_options
 @click.pass_context
 def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None:
     """Prune, then quantize the weights of MODEL; write OUTPUT; compare both in onnxruntime.
@@ -387,6 +490,8 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
       prunequant compress model.onnx small.onnx --data holdout.npz --recipe small.onnx.recipe.toml
     """
 
+    show_progress = _wants_progress(opts)
+
     def body() -> int:
         from prunequant_cli.config import CompressConfig
         from prunequant_cli.pipeline import compress as run_compress
@@ -398,7 +503,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             for name in SETTING_OPTIONS
             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
         ]
-        progress = _progress(opts["quiet"])
+        progress = _progress(show_progress)
         if gates.budget_given and not explicit:
             report = search(
                 model,
@@ -433,7 +538,18 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
         report = run_compress(model, output, config, ev, gates, progress)
         return _finish(report, opts)
 
-    _run(opts["debug"], body)
+    recipe_out = opts["write_recipe"] or output.with_name(output.name + ".recipe.toml")
+    _run(
+        opts,
+        body,
+        [
+            output,
+            output.with_name(output.name + ".data"),
+            opts["report_path"],
+            recipe_out,
+            opts["plot_path"],
+        ],
+    )
 
 
 # Options that fix how weights are compressed: with any of them a budget is a gate, not a search.
@@ -456,6 +572,7 @@ SETTING_OPTIONS = (
 @evaluation_options
 @gate_options
 @output_options
+@limit_options
 def compare(model_a: Path, model_b: Path, **opts: Any) -> None:
     """Compare MODEL_B against MODEL_A (the original), e.g. one compressed by another tool.
 
@@ -466,21 +583,24 @@ def compare(model_a: Path, model_b: Path, **opts: Any) -> None:
       prunequant compare model.onnx model.int8.onnx --data holdout.npz --min-agreement 0.99
     """
 
+    show_progress = _wants_progress(opts)
+
     def body() -> int:
         from prunequant_cli.pipeline import compare as run_compare
 
         ev, gates = _configs(opts, no_eval=False)
-        report = run_compare(model_a, model_b, ev, gates, _progress(opts["quiet"]))
+        report = run_compare(model_a, model_b, ev, gates, _progress(show_progress))
         return _finish(report, opts)
 
-    _run(opts["debug"], body)
+    _run(opts, body, [opts["report_path"]])
 
 
 @main.command(epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--debug", is_flag=True, help="Show the traceback of internal errors.")
-def inspect(model: Path, as_json: bool, debug: bool) -> None:
+@limit_options
+def inspect(model: Path, as_json: bool, debug: bool, **opts: Any) -> None:
     """Show what is inside MODEL: inputs, outputs, ops, every tensor and how weights are stored."""
 
     def body() -> int:
@@ -494,4 +614,4 @@ def inspect(model: Path, as_json: bool, debug: bool) -> None:
             render_inspection(info, _console())
         return 0
 
-    _run(debug, body)
+    _run({**opts, "debug": debug}, body, [])

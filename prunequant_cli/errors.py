@@ -18,6 +18,7 @@ EXIT_UNSUPPORTED = 5
 EXIT_OUTPUT = 6
 EXIT_EVALUATION = 7
 EXIT_GATE = 8
+EXIT_RESOURCE = 9
 
 #: (code, meaning) for the README and ``--help``.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -25,11 +26,15 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_INTERNAL, "internal error (a bug: rerun with --debug for the traceback)"),
     (EXIT_USAGE, "bad command line (unknown option, value out of range)"),
     (EXIT_INPUT, "input missing or unreadable (model or data file)"),
-    (EXIT_INVALID_MODEL, "input is not a valid ONNX model"),
+    (
+        EXIT_INVALID_MODEL,
+        "input is not a valid ONNX model, or is unsafe (e.g. data outside its folder)",
+    ),
     (EXIT_UNSUPPORTED, "valid model that prunequant cannot process"),
     (EXIT_OUTPUT, "output refused or could not be written (nothing is left behind)"),
     (EXIT_EVALUATION, "onnxruntime could not run the original or the compressed model"),
     (EXIT_GATE, "a gate failed (the model and the reports were still written)"),
+    (EXIT_RESOURCE, "a limit was hit: --timeout, --memory-limit, or a size limit of the model"),
 )
 
 
@@ -61,6 +66,10 @@ class OutputError(PrunequantError):
 
 class EvaluationError(PrunequantError):
     exit_code = EXIT_EVALUATION
+
+
+class ResourceError(PrunequantError):
+    exit_code = EXIT_RESOURCE
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
