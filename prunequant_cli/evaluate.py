@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from prunequant_cli.config import EvalConfig
-from prunequant_cli.errors import EvaluationError, InputError, UsageError, safe_text
+from prunequant_cli.errors import (
+    EvaluationError,
+    InputError,
+    ResourceError,
+    UsageError,
+    safe_text,
+)
 from prunequant_cli.report import Evaluation, OutputMetrics
 
 WARMUP_RUNS = 3
@@ -61,10 +67,18 @@ def open_session(model: str | bytes, threads: int, what: str) -> Any:
     try:
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT's exceptions share no useful base class
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EvaluationError(
-            f"onnxruntime cannot load the {what} model: {safe_text(msg)}"
-        ) from None
+        raise _ort_error(e, f"onnxruntime cannot load the {what} model") from None
+
+
+def _ort_error(e: BaseException, what: str) -> EvaluationError | ResourceError:
+    """One line for an onnxruntime failure; an allocation failure is a resource limit."""
+    if isinstance(e, MemoryError):
+        return ResourceError(f"{what}: out of memory (see --memory-limit)")
+    text = str(e)
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if "Failed to allocate" in text or "bad_alloc" in text:
+        return ResourceError(f"{what}: out of memory (see --memory-limit)")
+    return EvaluationError(f"{what}: {safe_text(first)}")
 
 
 def input_specs(session: Any) -> list[InputSpec]:
@@ -225,10 +239,7 @@ def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarra
     try:
         return session.run(None, feed)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EvaluationError(
-            f"onnxruntime failed running the {what} model: {safe_text(msg)}"
-        ) from None
+        raise _ort_error(e, f"onnxruntime failed running the {what} model") from None
 
 
 def _metrics(name: str, a: list[np.ndarray], b: list[np.ndarray]) -> OutputMetrics:

@@ -13,6 +13,7 @@ a symlink planted at the destination is replaced, not followed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import shutil
@@ -29,6 +30,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from prunequant_cli import validate
 from prunequant_cli.errors import (
     InputError,
     InvalidModelError,
@@ -226,7 +228,8 @@ def densify_sparse_initializers(proto: onnx.ModelProto) -> list[str]:
 def _contained(base: Path, location: str) -> Path:
     """The external data file ``location`` names, refused unless it is safely inside ``base``."""
     rel = Path(location)
-    if not location or "\x00" in location or rel.is_absolute() or ".." in rel.parts:
+    control = any(ord(c) < 32 or ord(c) == 127 for c in location)
+    if not location or control or rel.is_absolute() or ".." in rel.parts:
         raise InvalidModelError(
             f"external data location is not inside the model folder: {safe_text(location)}"
         )
@@ -234,11 +237,18 @@ def _contained(base: Path, location: str) -> Path:
     try:
         resolved = path.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise InputError(f"external data file not found: {safe_text(path)}") from None
-    if path.is_symlink() or not resolved.is_relative_to(base.resolve()) or not resolved.is_file():
+        raise InputError(f"external data file not found: {safe_text(location)}") from None
+    if path.is_symlink() or not resolved.is_relative_to(base.resolve()):
         raise InvalidModelError(
-            f"external data file escapes the model folder: {safe_text(location)}"
+            f"external data file escapes the model folder (a link): {safe_text(location)}"
         )
+    st = resolved.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidModelError(f"external data is not a regular file: {safe_text(location)}")
+    if st.st_nlink > 1:
+        # A hard link may be another name of a file outside the folder; onnxruntime would
+        # read it. There is no telling, so none is accepted.
+        raise InvalidModelError(f"external data file has other hard links: {safe_text(location)}")
     return resolved
 
 
@@ -292,41 +302,69 @@ def load_model(path: Path) -> LoadedModel:
     graph. External data must be a regular file inside the model's folder.
     """
     check_readable_file(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise InvalidModelError(f"not an ONNX model: {safe_text(path)} is empty")
+    if size > PROTOBUF_LIMIT:
+        raise InvalidModelError(
+            f"{safe_text(path)} is over 2 GiB: a single-file ONNX model cannot be; "
+            "keep its tensors in external data"
+        )
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             proto = onnx.ModelProto.FromString(_skeleton(buf, path.name))
-    except (_WireError, DecodeError):
+    except (_WireError, DecodeError, RecursionError):
         raise InvalidModelError(f"not an ONNX model: {safe_text(path)}") from None
     except OSError as e:
         raise InputError(f"cannot read {safe_text(path)}: {e.strerror}") from None
+    validate.check_model(proto)  # before anything is allocated for the model's tensors
     densified = densify_sparse_initializers(proto)
     try:
         onnx.checker.check_model(_checkable(proto))
-    except (onnx.checker.ValidationError, ValueError) as e:
+    except (onnx.checker.ValidationError, ValueError, RecursionError) as e:
         text = str(e).strip()
         first = safe_text(text.splitlines()[0] if text else "invalid")
         raise InvalidModelError(f"invalid ONNX model {safe_text(path)}: {first}") from None
-    model = ir.serde.deserialize_model(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:  # whatever onnx_ir cannot represent is not a model we can process
+        raise InvalidModelError(
+            f"cannot read the graph of {safe_text(path)}: {type(e).__name__}: {safe_text(e)}"
+        ) from None
     del proto
     loaded = LoadedModel(model, path, densified=densified)
-    base = path.parent
+    ranges: dict[Path, list[tuple[int, int, str]]] = {}
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
             if not isinstance(tensor, ir.ExternalTensor):
                 continue
-            data = _contained(base, str(tensor.location))
+            data = _contained(path.parent, str(tensor.location))
             if data != path.resolve():
                 loaded.external.add(data)
+            offset = tensor.offset or 0
+            length = tensor.length if tensor.length is not None else int(tensor.nbytes)
+            ranges.setdefault(data, []).append((offset, offset + length, value.name or ""))
             try:
                 tensor.dtype.numpy()
             except (TypeError, ValueError):
-                tensor.base_dir = str(base)  # exotic dtypes: onnx_ir's own mmap reader
+                tensor.base_dir = str(path.parent)  # exotic dtypes: onnx_ir's own mmap reader
                 continue
             value.const_value = _range_tensor(tensor, data)
+    _no_overlaps(ranges)
     return loaded
+
+
+def _no_overlaps(ranges: dict[Path, list[tuple[int, int, str]]]) -> None:
+    """Two tensors may not share bytes of a data file (a way to multiply memory use)."""
+    for file, spans in ranges.items():
+        spans.sort()
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+            if start < end:
+                raise InvalidModelError(
+                    f"tensors {safe_text(a)!r} and {safe_text(b)!r} overlap in "
+                    f"{safe_text(file.name)}"
+                )
 
 
 def external_files(model: ir.Model) -> set[Path]:

@@ -14,7 +14,13 @@ import onnx
 import onnx_ir as ir
 
 from prunequant_cli.config import CompressConfig, EvalConfig, GateConfig
-from prunequant_cli.errors import EvaluationError, UnsupportedModelError, UsageError
+from prunequant_cli.errors import (
+    EvaluationError,
+    OutputError,
+    PrunequantError,
+    UnsupportedModelError,
+    UsageError,
+)
 from prunequant_cli.gates import check_gates
 from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
@@ -340,6 +346,7 @@ def compress(
         )
     progress.stage("writing")
     written = save_model(ir_model, out, needs_external_data(ir_model, bool(in_external)))
+    _revalidate(out, written)
     new_zeros = sum(
         (r.zeros_after if r.zeros_after is not None else r.zeros_before) - r.zeros_before
         for r in records.values()
@@ -409,6 +416,16 @@ def compress(
     )
     report.gates = check_gates(report, gates)
     return report
+
+
+def _revalidate(out: Path, written: list[Path]) -> None:
+    """Read back what was written with the same checks as any input; remove it if they fail."""
+    try:
+        load_model(out)
+    except PrunequantError as e:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise OutputError(f"the written model did not validate, so it was removed: {e}") from None
 
 
 def _per_layer(
