@@ -146,20 +146,24 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
         sys.exit(_execute(debug, action))
     paths = [p for p in guarded if p is not None]
     before = {p: _temporaries(p) for p in paths}
+    versions = {p: _version(p) for p in paths}
 
     def cleanup() -> None:
+        # A run that was killed delivers nothing: its temporaries go, and so do the
+        # outputs it had already written (a model whose evaluation never finished).
         for p in paths:
             for leftover in _temporaries(p) - before[p]:
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
+            if _version(p) not in (None, versions[p]) and not p.is_symlink():
+                p.unlink(missing_ok=True)
 
     outcome = run_supervised(lambda: _execute(debug, action), Limits(timeout, memory), cleanup)
     if outcome.timed_out:
         _fail(
-            f"timed out after {opts['timeout']:g} s (--timeout); nothing was left half-written",
-            EXIT_RESOURCE,
+            f"timed out after {opts['timeout']:g} s (--timeout); no output was kept", EXIT_RESOURCE
         )
     if outcome.signal is not None:
         name = signal_name(outcome.signal)
@@ -168,6 +172,15 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
             EXIT_EVALUATION,
         )
     sys.exit(outcome.code if outcome.code is not None else EXIT_INTERNAL)
+
+
+def _version(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of a file, None if there is none: what tells a new file."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def _temporaries(path: Path) -> set[Path]:
@@ -379,8 +392,8 @@ def main() -> None:
 
 
 @main.command(epilog=EXIT_CODE_HELP)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
 @click.option(
     "--threshold",
     type=click.FloatRange(0.0, 1.0),
@@ -567,8 +580,8 @@ SETTING_OPTIONS = (
 
 
 @main.command(epilog=EXIT_CODE_HELP)
-@click.argument("model_a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("model_b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model_a", type=click.Path(path_type=Path))
+@click.argument("model_b", type=click.Path(path_type=Path))
 @evaluation_options
 @gate_options
 @output_options
@@ -596,7 +609,7 @@ def compare(model_a: Path, model_b: Path, **opts: Any) -> None:
 
 
 @main.command(epilog=EXIT_CODE_HELP)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--debug", is_flag=True, help="Show the traceback of internal errors.")
 @limit_options

@@ -63,7 +63,7 @@ def open_session(model: str | bytes, threads: int, what: str) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach the user as one line
     try:
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT's exceptions share no useful base class
@@ -314,7 +314,7 @@ def rss():
                 return int(line.split()[1]) * 1024
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = int(sys.argv[2])
-opts.log_severity_level = 3
+opts.log_severity_level = 4  # fatal only: errors reach the user as one line
 before = rss()
 session = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
 print(rss() - before)
@@ -371,6 +371,11 @@ class Comparison:
             if self.labels is not None:
                 self.labels = self.labels[: config.samples]
         self.batches = list(batches(self.feeds, self.specs, config.batch_size))
+        # The original runs now, before anything is written: a model that onnxruntime
+        # cannot run (or that hangs) fails the run while the output folder is untouched.
+        self.reference = [
+            [np.asarray(y) for y in _run(self.session, feed, "original")] for feed in self.batches
+        ]
 
     def run(self, compressed: str | bytes) -> Evaluation:
         """Run both models on the same inputs and measure how far the compressed one moved."""
@@ -388,12 +393,10 @@ class Comparison:
         out_names = [o.name for o in sess_a.get_outputs()]
         outs_a: list[list[np.ndarray]] = [[] for _ in out_names]
         outs_b: list[list[np.ndarray]] = [[] for _ in out_names]
-        for feed in self.batches:
-            pairs = zip(
-                _run(sess_a, feed, "original"), _run(sess_b, feed, "compressed"), strict=True
-            )
+        for feed, reference in zip(self.batches, self.reference, strict=True):
+            pairs = zip(reference, _run(sess_b, feed, "compressed"), strict=True)
             for i, (ya, yb) in enumerate(pairs):
-                outs_a[i].append(np.asarray(ya))
+                outs_a[i].append(ya)
                 outs_b[i].append(np.asarray(yb))
         metrics = [_metrics(n, a, b) for n, a, b in zip(out_names, outs_a, outs_b, strict=True)]
 

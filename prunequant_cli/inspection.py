@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunequant_cli.encodings import META_SHARED, describe_encoding, read_meta
-from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, fmt_bytes
+from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, cell, fmt_bytes
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
 
 
@@ -213,7 +213,7 @@ def _decode_in_onnxruntime(model: ir.Model, f: _Found) -> np.ndarray:
         ir_version=model.ir_version,
     )
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach the user as one line
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {})[0]
 
@@ -312,9 +312,11 @@ def render_inspection(info: Inspection, console: Console) -> None:
     size = fmt_bytes(info.file_bytes)
     if info.gzip_bytes is not None:
         size += f" ({fmt_bytes(info.gzip_bytes)} gzipped)"
-    console.print(f"[bold]{info.path}[/]  {size}  IR {info.ir_version}  opsets: {opsets}")
+    console.print(
+        f"[bold]{cell(info.path)}[/]  {size}  IR {info.ir_version}  opsets: {cell(opsets)}"
+    )
     if info.producer:
-        console.print(f"producer: {info.producer}")
+        console.print(f"producer: {cell(info.producer)}")
     if info.session_rss:
         console.print(f"onnxruntime session memory: {fmt_bytes(info.session_rss)}")
     io = Table(title="inputs and outputs", title_justify="left")
@@ -322,9 +324,9 @@ def render_inspection(info: Inspection, console: Console) -> None:
         io.add_column(col)
     for kind, entries in (("input", info.inputs), ("output", info.outputs)):
         for name, dtype, shape in entries:
-            io.add_row(kind, name, dtype, shape)
+            io.add_row(kind, cell(name), cell(dtype), cell(shape))
     console.print(io)
-    console.print("ops: " + ", ".join(f"{op} ×{n}" for op, n in info.ops.items()))
+    console.print("ops: " + ", ".join(f"{cell(op)} ×{n}" for op, n in info.ops.items()))
     table = Table(title="tensors", title_justify="left")
     for col, just in (
         ("name", "left"),
@@ -342,7 +344,7 @@ def render_inspection(info: Inspection, console: Console) -> None:
         enc = describe_encoding(t.encoding, t.bits)
         rows = "" if t.zero_rows is None or t.axis is None else f"{t.zero_rows}/{t.shape[t.axis]}"
         table.add_row(
-            t.name,
+            cell(t.name),
             "×".join(map(str, t.shape)) or "scalar",
             "yes" if t.is_weight else "",
             enc,

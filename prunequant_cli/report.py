@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prunequant_cli.encodings import describe_encoding
+from prunequant_cli.errors import safe_text
 
 SCHEMA_VERSION = 1
 
@@ -317,6 +319,11 @@ class CompressReport:
         }
 
 
+def cell(text: object) -> str:
+    """A model-provided string made safe for a rich table: one line, escaped, no markup."""
+    return escape(safe_text(text, 120))
+
+
 def fmt_bytes(n: int) -> str:
     """Bytes for people: 153,984 B -> '150.4 KiB'."""
     value = float(n)
@@ -445,7 +452,7 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
     table.add_column(second, justify="right")
     table.add_column("change", justify="right")
     for row in summary_rows(report):
-        table.add_row(*row)
+        table.add_row(*(cell(c) for c in row))
     console.print(table)
     if report.command == "compress":
         done = [t for t in report.tensors if t.encoding or t.prune_method]
@@ -458,7 +465,7 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
         kind = "samples from the data file" if ev.source == "data" else "synthetic samples"
         console.print(f"Evaluated on {ev.samples} {kind}.")
     for note in [*report.notes, *([] if ev is None else ev.notes)]:
-        console.print(f"Note: {note}", markup=False)
+        console.print(f"Note: {safe_text(note, 600)}", markup=False)
     for g in report.gates:
         style = "green" if g.passed else "bold red"
         console.print(f"Gate {_gate_text(g)}", style=style, markup=False)
@@ -475,7 +482,7 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
             skipped.add_column("tensor")
             skipped.add_column("reason")
             for name, reason in report.skipped:
-                skipped.add_row(name, reason)
+                skipped.add_row(cell(name), cell(reason))
             console.print(skipped)
 
 
@@ -500,7 +507,7 @@ def render_search(search: dict[str, Any], console: Console, verbose: bool) -> No
     chosen.add_column("weight")
     chosen.add_column("setting")
     for name, setting in search["settings"].items():
-        chosen.add_row(name, setting)
+        chosen.add_row(cell(name), setting)
     console.print(chosen)
     pareto = Table(title="size vs quality measured (Pareto points)", title_justify="left")
     for col, just in (
@@ -514,7 +521,9 @@ def render_search(search: dict[str, Any], console: Console, verbose: bool) -> No
         pareto.add_column(col, justify=just)  # type: ignore[arg-type]
     for t in sorted(search["tried"], key=lambda t: -t["weight_bytes"]):
         if t["pareto"] or verbose:
-            pareto.add_row(t["label"], fmt_bytes(t["weight_bytes"]), *_quality_cells(t["quality"]))
+            pareto.add_row(
+                cell(t["label"]), fmt_bytes(t["weight_bytes"]), *_quality_cells(t["quality"])
+            )
     console.print(pareto)
     if verbose:
         rows: dict[str, dict[str, float]] = {}
@@ -528,7 +537,7 @@ def render_search(search: dict[str, Any], console: Console, verbose: bool) -> No
         for name in settings:
             table.add_column(name, justify="right")
         for tensor, damage in rows.items():
-            table.add_row(tensor, *(_num(damage.get(name), ".2g") for name in settings))
+            table.add_row(cell(tensor), *(_num(damage.get(name), ".2g") for name in settings))
         console.print(table)
 
 
@@ -547,8 +556,8 @@ def render_layers(layers: list[LayerError], console: Console) -> None:
     for e in layers:
         sqnr = "∞" if e.sqnr_db is None else f"{e.sqnr_db:.1f} dB"
         table.add_row(
-            e.weight,
-            f"{e.op_type} → {e.output}",
+            cell(e.weight),
+            cell(f"{e.op_type} → {e.output}"),
             sqnr,
             _num(e.relative_error, ".3g"),
             _num(e.cosine, ".6f"),
@@ -557,8 +566,8 @@ def render_layers(layers: list[LayerError], console: Console) -> None:
 
 
 def _md(cell: str) -> str:
-    """A table cell: pipes and newlines from model names cannot break the table."""
-    return cell.replace("|", "\\|").replace("\n", " ")
+    """A table cell: pipes, newlines and control characters from model names cannot break it."""
+    return safe_text(cell, 160).replace("|", "\\|")
 
 
 def markdown_report(report: CompressReport) -> str:
@@ -614,7 +623,7 @@ def render_tensors(records: list[TensorRecord], console: Console) -> None:
     for rec in records:
         d = rec.to_dict()
         table.add_row(
-            rec.name,
+            cell(rec.name),
             "×".join(map(str, rec.shape)),
             f"{rec.rows_pruned}/{rec.rows}",
             f"{100 * d['sparsity_before']:.1f}% → {100 * d['sparsity_after']:.1f}%",

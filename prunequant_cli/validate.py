@@ -25,8 +25,9 @@ from prunequant_cli.errors import (
 
 # No single tensor may declare more elements than this (2**36: 256 GiB of float32).
 MAX_ELEMENTS = 1 << 36
-# A ConstantOfShape with a constant shape may not ask for more elements than this.
-MAX_CONSTANT_OF_SHAPE = 1 << 31
+# A ConstantOfShape with a constant shape may not ask for more bytes than this (also
+# the largest result onnxruntime folds at load).
+MAX_CONSTANT_OF_SHAPE_BYTES = 1 << 30
 
 _BITS: dict[int, int] = {
     TensorProto.FLOAT: 32,
@@ -228,7 +229,9 @@ def check_model(model: onnx.ModelProto) -> None:
                     )
             if node.domain in ("", "ai.onnx") and node.op_type == "ConstantOfShape" and node.input:
                 size = _constant_size(graph, node.input[0])
-                if size is not None and size > MAX_CONSTANT_OF_SHAPE:
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                itemsize = _BITS.get(value.data_type, 32) // 8 if value is not None else 4
+                if size is not None and size * max(itemsize, 1) > MAX_CONSTANT_OF_SHAPE_BYTES:
                     raise ResourceError(
                         f"ConstantOfShape {safe_text(node.name)!r} asks for {size:,} elements"
                     )
