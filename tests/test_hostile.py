@@ -126,3 +126,10 @@ def test_a_symlink_planted_at_the_output_is_not_followed(tmp_path):
     _assert_calm(_cli("compress", str(model), str(tmp_path / "o.onnx"), "--no-eval"), 0)
     assert victim.read_text() == "keep"
     assert not (tmp_path / "o.onnx").is_symlink()
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys/kernel"])
+def test_an_unwritable_destination_is_a_write_failure(tmp_path, folder):
+    # Folders no process may write in (a permission bit would not stop root, which CI is).
+    model = _valid_model(tmp_path)
+    _assert_calm(_cli("compress", str(model), f"{folder}/o.onnx", "--no-eval"), 6)
