@@ -581,7 +581,7 @@ def markdown_report(report: CompressReport) -> str:
     lines = [f"## prunequant {report.command}{verdict}", ""]
     m = report.meta
     if m.get("input_path") or m.get("output_path"):
-        lines += [f"`{m.get('input_path')}` → `{m.get('output_path')}`", ""]
+        lines += [f"`{_md(str(m.get('input_path')))}` → `{_md(str(m.get('output_path')))}`", ""]
     lines += [f"| | {first} | {second} | change |", "| --- | ---: | ---: | ---: |"]
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in summary_rows(report)]
     if report.gates:
@@ -603,7 +603,7 @@ def markdown_report(report: CompressReport) -> str:
         lines += [f"| `{_md(n)}` | {v} |" for n, v in report.search["settings"].items()]
     notes = [*report.notes, *([] if ev is None else ev.notes)]
     if notes:
-        lines += [""] + [f"- {n}" for n in notes]
+        lines += [""] + [f"- {safe_text(n, 600)}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
