@@ -573,6 +573,10 @@ def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]
         raise OutputError(f"cannot write {safe_text(output)}: {e.strerror or e}") from None
     except ValueError as e:  # e.g. a protobuf over 2 GiB
         raise OutputError(f"cannot write {safe_text(output)}: {safe_text(e)}") from None
+    except Exception as e:  # onnx_ir cannot serialize something the model holds
+        raise InvalidModelError(
+            f"the model holds something that cannot be written back: {safe_text(e)}"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import onnx
 from onnx import AttributeProto, TensorProto
@@ -173,8 +174,35 @@ def _constant_size(graph: onnx.GraphProto, name: str) -> int | None:
     return None
 
 
+def _repeated(field: Any) -> bool:
+    # protobuf >= 6 has is_repeated; older versions only the label
+    flag = getattr(field, "is_repeated", None)
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
+
+
+def _text_fields_are_utf8(message: Any) -> None:
+    """Every string field holds text: protobuf hands invalid UTF-8 back as bytes, which
+    would fail much later, when the model is written."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        for field, value in msg.ListFields():
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if _repeated(field):
+                    stack.extend(value)
+                else:
+                    stack.append(value)
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                values = value if _repeated(field) else [value]
+                if any(isinstance(v, bytes) for v in values):
+                    raise InvalidModelError(f"the model has a {field.name} that is not valid UTF-8")
+
+
 def check_model(model: onnx.ModelProto) -> None:
     """Everything a file can lie about, checked before the tool allocates or runs anything."""
+    _text_fields_are_utf8(model)
     if model.ir_version < 3 or model.ir_version > onnx.IR_VERSION:
         raise UnsupportedModelError(
             f"IR version {model.ir_version} is outside what this onnx supports "

@@ -140,3 +140,16 @@ def test_mutated_fields(tmp_path, target, field, number, text):
     else:
         init.name = text
     _exercise(tmp_path, model.SerializeToString())
+
+
+def test_names_that_are_not_utf8(tmp_path):
+    # Found by the byte mutations: protobuf hands back invalid UTF-8 as bytes, which used
+    # to fail only when the model was written.
+    _exercise(tmp_path, SEED.replace(b"then", b"\x80hen"))
+    src = tmp_path / "m.onnx"
+    try:
+        inspect_model(src, session_memory=False)
+    except PrunequantError as e:
+        assert "UTF-8" in str(e)
+    else:
+        raise AssertionError("a graph name that is not UTF-8 was accepted")
