@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import onnx
@@ -16,6 +17,7 @@ from prunequant_cli.errors import EXIT_CODES
 from prunequant_cli.pipeline import inspect_model
 
 DOCUMENTED = {code for code, _ in EXIT_CODES} - {0, 1}  # 1 would be a bug
+FUZZ = int(os.environ.get("PRUNEQUANT_FUZZ", "1"))  # more examples for a local soak
 
 
 def _seed_model() -> onnx.ModelProto:
@@ -88,7 +90,9 @@ mutations = st.lists(
 
 
 @settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=250 * FUZZ,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(edits=mutations)
 def test_mutated_bytes(tmp_path, edits):
@@ -107,7 +111,9 @@ def test_mutated_bytes(tmp_path, edits):
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150 * FUZZ,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     target=st.sampled_from(["W", "b", "starts", "V"]),
