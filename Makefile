@@ -31,6 +31,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_compress.py
 	$(BIN)/python bench/bench_encodings.py
+	$(BIN)/python bench/bench_dense.py
 
 # Retrain and re-export the sample models (dev-only: installs torch and scikit-learn).
 samples: $(STAMP)

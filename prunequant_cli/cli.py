@@ -406,6 +406,16 @@ def main() -> None:
     help="Magnitude pruning instead: zero this fraction of the smallest weights of each tensor.",
 )
 @click.option(
+    "--prune-mode",
+    default="sparse",
+    show_default=True,
+    metavar="sparse|dense|N:M",
+    help="sparse: zero weights (rows by --threshold, or by magnitude with --sparsity); dense: "
+    "remove whole output channels (by --threshold, or the --sparsity fraction of least "
+    "important channels) and rewrite the next layers, so the model gets smaller and faster; "
+    "N:M (e.g. 2:4): keep the N largest of every M consecutive input weights.",
+)
+@click.option(
     "--bits",
     type=click.IntRange(2, 16),
     default=8,
@@ -536,6 +546,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
         config = CompressConfig(
             threshold=opts["threshold"],
             sparsity=opts["sparsity"],
+            prune_mode=opts["prune_mode"],
             bits=None if opts["no_quantize"] else opts["bits"],
             quant=opts["quant"],
             block_size=opts["block_size"],
@@ -569,6 +580,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
 SETTING_OPTIONS = (
     "threshold",
     "sparsity",
+    "prune_mode",
     "bits",
     "quant",
     "block_size",

@@ -23,6 +23,10 @@ class CompressConfig:
             their mean is 1/rows); rows with R_i < threshold are zeroed.
         sparsity: Magnitude pruning instead: zero this fraction (0 <= S < 1) of the
             smallest-magnitude weights of each tensor.
+        prune_mode: "sparse" zeroes weights (rows by threshold, or by magnitude);
+            "dense" removes whole output channels (by threshold on R_i, or the
+            sparsity fraction of least important channels) and rewrites the graph;
+            "N:M" keeps the N largest of every M consecutive input weights.
         bits: Width of the codes (2..8), 16 for float16 storage, or None to keep
             float weights (pruning only).
         quant: "uniform" (symmetric, one scale per output channel) or "codebook"
@@ -43,6 +47,7 @@ class CompressConfig:
 
     threshold: float | None = None
     sparsity: float | None = None
+    prune_mode: str = "sparse"
     bits: int | None = 8
     quant: str = "uniform"
     block_size: int | None = None
@@ -55,6 +60,16 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.threshold is not None and self.sparsity is not None:
             raise UsageError("--threshold and --sparsity are alternatives: give one of them")
+        if self.prune_mode not in ("sparse", "dense") and self.n_m is None:
+            raise UsageError(
+                f"--prune-mode must be sparse, dense or N:M (like 2:4), got {self.prune_mode}"
+            )
+        if self.prune_mode == "dense" and self.threshold is None and self.sparsity is None:
+            raise UsageError(
+                "--prune-mode dense needs --threshold or --sparsity (a channel fraction)"
+            )
+        if self.n_m is not None and (self.threshold is not None or self.sparsity is not None):
+            raise UsageError("--prune-mode N:M prunes by itself: no --threshold or --sparsity")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise UsageError(f"--threshold must be within [0, 1], got {self.threshold}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
@@ -85,7 +100,20 @@ class CompressConfig:
         return self.per_tensor.get(name, self)
 
     @property
+    def n_m(self) -> tuple[int, int] | None:
+        """(N, M) of an N:M prune mode (N weights kept in every M), else None."""
+        n, sep, m = self.prune_mode.partition(":")
+        if not sep or not n.isdigit() or not m.isdigit() or not 0 < int(n) < int(m) <= 64:
+            return None
+        return int(n), int(m)
+
+    @property
     def prune_method(self) -> str | None:
+        """How weights are zeroed by the prune pass (dense pruning removes channels instead)."""
+        if self.n_m is not None:
+            return "n_m"
+        if self.prune_mode == "dense":
+            return None
         if self.threshold is not None:
             return "row_importance"
         if self.sparsity is not None:

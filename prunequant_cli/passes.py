@@ -108,6 +108,11 @@ class PrunePass(ir.passes.InPlacePass):
         w: np.ndarray, site: WeightSite, config: CompressConfig
     ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
         """The pruning function for this weight, and how many rows it zeroes."""
+        if config.n_m is not None:
+            n, m = config.n_m
+            conv = any(op in ("Conv", "ConvTranspose") for op in site.op_types)
+            axis = pruning.input_axis(w.ndim, site.axis, conv)
+            return (lambda a: pruning.apply_zero_mask(a, pruning.n_m_mask(a, n, m, axis))), 0
         if config.threshold is not None:
             rows = pruning.rows_below_threshold(w, site.axis, config.threshold)
             mask = pruning.row_mask_broadcast(rows, w.ndim, site.axis)

@@ -5,6 +5,7 @@ load → select weights → prune pass → quantize pass → encode → save →
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,9 +43,10 @@ from prunequant_cli.passes import (
 )
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.report import CompressReport, Evaluation, ModelSummary, TensorRecord
-from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
+from prunequant_cli.selection import FLOAT_TYPES, Skipped, dims, select_weights
 
 if TYPE_CHECKING:
+    from prunequant_cli.dense import DenseResult
     from prunequant_cli.evaluate import Comparison
 
 ModelInput = str | Path | onnx.ModelProto | ir.Model
@@ -296,7 +298,13 @@ def compress(
             f">= {MIN_OPSET} (convert it with onnx.version_converter first)"
         )
     notes = _prepare(ir_model, densified)
+    dense = None
+    if config.prune_mode == "dense":
+        dense = _prune_channels(ir_model, config, notes)
+        zeros = _float_summary(ir_model, in_bytes)[1]  # shapes changed: count again
     sites, skipped = select_weights(ir_model, config.exclude)
+    if dense is not None:
+        skipped = [*skipped, *(Skipped(n, r) for n, r in dense.skipped)]
     original.weights = len(sites)
     records = {
         s.name: TensorRecord(
@@ -317,6 +325,21 @@ def compress(
             raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
         corrections = _bias_corrections(ir_model, sites, comparison)
         notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases can absorb the shift")
+    if dense is not None:
+        for name, (removed, channels) in dense.channels.items():
+            if name in records:
+                records[name].rows_pruned = removed
+                records[name].prune_method = "dense"
+                records[name].note = f"{removed} of {channels} output channels removed"
+        for name in dense.inputs:
+            if name in records and records[name].prune_method is None:
+                records[name].note = "input columns of removed channels removed"
+    if config.n_m is not None:
+        n, m = config.n_m
+        notes.append(
+            f"{n}:{m} pruning: every {m} consecutive input weights keep their {n} largest; "
+            "stored compactly, but the CPU execution provider does not run it faster"
+        )
     cleanup = RemoveUnusedInitializersPass()
     ir.passes.PassManager(
         [
@@ -336,7 +359,9 @@ def compress(
             "does not fuse with DequantizeLinear (Conv, Gemm...): they dequantize on every run, "
             "which saves session memory but costs latency"
         )
-    heavy = [r for r in records.values() if 2 * r.rows_pruned > r.rows]
+    heavy = [
+        r for r in records.values() if 2 * r.rows_pruned > r.rows and r.prune_method != "dense"
+    ]
     if config.threshold is not None and heavy:
         names = ", ".join(r.name for r in heavy[:3]) + (", …" if len(heavy) > 3 else "")
         notes.append(
@@ -351,10 +376,11 @@ def compress(
         (r.zeros_after if r.zeros_after is not None else r.zeros_before) - r.zeros_before
         for r in records.values()
     )
+    gone_params, gone_nonzeros = (dense.parameters, dense.nonzeros) if dense else (0, 0)
     compressed = ModelSummary(
         file_bytes=sum(p.stat().st_size for p in written),
-        parameters=original.parameters,
-        nonzero_parameters=original.nonzero_parameters - new_zeros,
+        parameters=original.parameters - gone_params,
+        nonzero_parameters=original.nonzero_parameters - gone_nonzeros - new_zeros,
         weights=len(sites),
     )
     compressed_at = time.perf_counter()
@@ -392,7 +418,9 @@ def compress(
         settings={
             "threshold": config.threshold,
             "sparsity": config.sparsity,
-            "prune_method": config.prune_method,
+            "prune_method": config.prune_method
+            or ("dense" if config.prune_mode == "dense" else None),
+            "prune_mode": config.prune_mode,
             "bits": config.bits,
             "quant": config.quant if config.bits not in (None, 16) else None,
             "format": config.format,
@@ -416,6 +444,29 @@ def compress(
     )
     report.gates = check_gates(report, gates)
     return report
+
+
+def _prune_channels(ir_model: ir.Model, config: CompressConfig, notes: list[str]) -> DenseResult:
+    """Dense pruning before anything else, with what it did in ``notes``."""
+    from prunequant_cli.dense import prune_channels
+
+    def excluded(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in config.exclude)
+
+    result = prune_channels(ir_model, config.threshold, config.sparsity, excluded)
+    layers = len(result.channels)
+    removed = sum(r for r, _ in result.channels.values())
+    notes.append(
+        f"dense pruning removed {removed} channels from {layers} layer(s) "
+        f"({result.parameters:,} parameters); {len(result.skipped)} layer(s) left alone"
+        + (
+            f"; in {result.approximate} layer(s) the removed channels were not all dead, "
+            "so outputs change"
+            if result.approximate
+            else ""
+        )
+    )
+    return result
 
 
 def _revalidate(out: Path, written: list[Path]) -> None:

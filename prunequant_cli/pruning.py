@@ -90,3 +90,29 @@ def row_mask_broadcast(rows: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis % ndim] = rows.size
     return rows.reshape(shape)
+
+
+def n_m_mask(w: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """Boolean mask of the weights to zero so that every group of ``m`` consecutive weights
+    along ``axis`` (the input dimension) keeps only its ``n`` largest magnitudes.
+
+    A trailing group shorter than ``m`` is left whole.
+    """
+    moved = np.moveaxis(np.abs(w), axis, -1)
+    length = moved.shape[-1] - moved.shape[-1] % m
+    zero = np.zeros(moved.shape, dtype=bool)
+    if length:
+        groups = moved[..., :length].reshape(*moved.shape[:-1], length // m, m)
+        order = np.argsort(-groups, axis=-1, kind="stable")  # largest first, ties by position
+        drop = np.zeros(groups.shape, dtype=bool)
+        np.put_along_axis(drop, order[..., n:], True, axis=-1)
+        zero[..., :length] = drop.reshape(*moved.shape[:-1], length)
+    return np.moveaxis(zero, -1, axis)
+
+
+def input_axis(ndim: int, output_axis: int, convolution: bool) -> int:
+    """The axis a weight's inputs run along: Conv [O, I, kh, kw] axis 1 (0 for the transposed
+    layout), else the last axis that is not the output axis."""
+    if convolution:
+        return 1 if output_axis == 0 else 0
+    return ndim - 1 if output_axis != ndim - 1 else ndim - 2

@@ -214,3 +214,18 @@ def test_progress_goes_to_a_terminal_stderr_only(tmp_path):
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["command"] == "compress"  # stdout stays clean
     assert b"quantizing" in shown or b"evaluating" in shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--prune-mode", "dense", "--sparsity", "0.25"],
+        ["--prune-mode", "2:4", "--bits", "4"],
+        ["--bits", "4", "--block-size", "32", "--bias-correction"],
+        ["--bits", "3", "--quant", "codebook", "--no-eval"],
+    ],
+)
+def test_every_mode_fits_the_schema(tmp_path, args):
+    r = run("compress", CNN, tmp_path / "o.onnx", "--data", CNN_DATA, "--json", *args)
+    assert r.exit_code == 0, r.stderr
+    doc_of(r)
