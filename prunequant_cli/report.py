@@ -466,10 +466,16 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
         console.print(f"Evaluated on {ev.samples} {kind}.")
     for note in [*report.notes, *([] if ev is None else ev.notes)]:
         console.print(f"Note: {safe_text(note, 600)}", markup=False)
-    for g in report.gates:
+    # The implicit finite-outputs gate is shown when it fails or beside requested gates.
+    shown = (
+        report.gates
+        if any(g.name != "finite-outputs" or not g.passed for g in report.gates)
+        else []
+    )
+    for g in shown:
         style = "green" if g.passed else "bold red"
         console.print(f"Gate {_gate_text(g)}", style=style, markup=False)
-    if report.gates:
+    if shown:
         console.print("All gates passed." if report.passed else "Some gates FAILED.")
     if ev is not None and ev.layers:
         render_layers(ev.layers, console)
