@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from table import print_table
 
 from prunequant_cli import CompressConfig, EvalConfig, compress
 
@@ -121,17 +122,9 @@ def main() -> None:
                         f"{b32:.2f}",
                     )
                 )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(w) if j == 0 else c.rjust(w)
-                for j, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print("(ratios vs the unpruned model in the same run; latency: medians, 1 thread)")
+    print_table(
+        rows, 1, "(ratios vs the unpruned model in the same run; latency: medians, 1 thread)"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from table import print_table
 
 from prunequant_cli import CompressConfig, EvalConfig, compress
 from prunequant_cli.evaluate import session_rss
@@ -125,17 +126,11 @@ def main() -> None:
         for name, make in (("matmul 4096²", matmul_model), ("digits_cnn", cnn_model)):
             rows += bench(name, make, Path(tmp), args.runs)
             print(f"measured {name}", file=sys.stderr)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(w) if j < 2 else c.rjust(w)
-                for j, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print("(ratios vs the fp32 original in the same run; latency: medians of interleaved runs)")
+    print_table(
+        rows,
+        2,
+        "(ratios vs the fp32 original in the same run; latency: medians of interleaved runs)",
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnx import helper
 
-from prunequant_cli.evaluate import open_session
+from prunequant_cli.evaluate import exposing_session
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,7 @@ def activation_means(
 ) -> dict[str, np.ndarray]:
     """Mean of each named activation over the batches: per feature ([N, K] -> [K]) or per
     channel ([N, C, ...] -> [C])."""
-    proto = ir.serde.serialize_model(model)
-    known = {o.name for o in proto.graph.output}
-    for n in names:
-        if n not in known:
-            proto.graph.output.append(helper.make_empty_tensor_value_info(n))
-    session = open_session(proto.SerializeToString(), threads, "original")
-    outputs = [o.name for o in session.get_outputs()]
+    session, outputs = exposing_session(model, names, threads)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for feed in batches:

@@ -81,6 +81,21 @@ def _ort_error(e: BaseException, what: str) -> EvaluationError | ResourceError:
     return EvaluationError(f"{what}: {safe_text(first)}")
 
 
+def exposing_session(model: Any, names: list[str], threads: int) -> tuple[Any, list[str]]:
+    """A session of the (onnx_ir) ``model`` with the named activations as extra outputs,
+    and the names of all its outputs, in order."""
+    import onnx_ir as ir
+    from onnx import helper
+
+    proto = ir.serde.serialize_model(model)
+    known = {o.name for o in proto.graph.output}
+    for n in names:
+        if n not in known:
+            proto.graph.output.append(helper.make_empty_tensor_value_info(n))
+    session = open_session(proto.SerializeToString(), threads, "original")
+    return session, [o.name for o in session.get_outputs()]
+
+
 def input_specs(session: Any) -> list[InputSpec]:
     specs = []
     for i in session.get_inputs():

@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 from onnx import helper
 
-from prunequant_cli.evaluate import closeness, open_session
+from prunequant_cli.evaluate import closeness, exposing_session, open_session
 from prunequant_cli.inspection import _decode_in_onnxruntime, _find_encoded
 from prunequant_cli.model_io import load_model
 from prunequant_cli.report import LayerError
@@ -68,13 +68,7 @@ def layer_errors(
             if i is not None and i.name and k != idx and i.name not in a.graph.initializers
         }
     )
-    proto = ir.serde.serialize_model(a)
-    known = {o.name for o in proto.graph.output}
-    for n in activations:
-        if n not in known:
-            proto.graph.output.append(helper.make_empty_tensor_value_info(n))
-    session = open_session(proto.SerializeToString(), threads, "original")
-    names = [o.name for o in session.get_outputs()]
+    session, names = exposing_session(a, activations, threads)
     values = dict(zip(names, session.run(None, feed), strict=True))
 
     result = []

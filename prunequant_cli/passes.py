@@ -87,8 +87,8 @@ class LiftWeightConstantsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=bool(self.lifted))
 
 
-class PrunePass(ir.passes.InPlacePass):
-    """Zero rows by importance share (``threshold``) or weights by magnitude (``sparsity``)."""
+class _WeightPass(ir.passes.InPlacePass):
+    """A pass over the selected weights, filling in their records."""
 
     def __init__(
         self,
@@ -102,6 +102,10 @@ class PrunePass(ir.passes.InPlacePass):
         self.config = config
         self.records = records
         self.progress = progress
+
+
+class PrunePass(_WeightPass):
+    """Zero rows by importance share (``threshold``) or weights by magnitude (``sparsity``)."""
 
     @staticmethod
     def _rule(
@@ -222,7 +226,7 @@ def make_payload(
     return p
 
 
-class QuantizePass(ir.passes.InPlacePass):
+class QuantizePass(_WeightPass):
     """Quantize each weight and write it with the smallest encoding the model's opset allows."""
 
     def __init__(
@@ -233,11 +237,7 @@ class QuantizePass(ir.passes.InPlacePass):
         progress: Progress = NO_PROGRESS,
         corrections: Mapping[str, tuple[Correctable, np.ndarray]] | None = None,
     ) -> None:
-        super().__init__()
-        self.sites = sites
-        self.config = config
-        self.records = records
-        self.progress = progress
+        super().__init__(sites, config, records, progress)
         self.corrections = corrections or {}
 
     def candidates(self) -> tuple[encodings.Encoding, ...]:
