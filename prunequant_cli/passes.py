@@ -346,10 +346,11 @@ def _original(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
 
 def _max_error(decoded: np.ndarray, tensor: ir.TensorProtocol) -> float:
     """Largest change of a weight against the original model's (before any pruning)."""
-    original = _original(tensor)
     if decoded.size == 0:
         return 0.0
-    return float(np.abs(decoded.astype(np.float64) - original.numpy()).max())
+    diff = _original(tensor).numpy().astype(decoded.dtype, copy=True)
+    np.subtract(decoded, diff, out=diff)  # in place: one temporary the size of the weight
+    return float(np.abs(diff, out=diff).max())
 
 
 def _kept_quantized_note(op_types: Sequence[str]) -> str:
