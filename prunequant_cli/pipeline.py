@@ -324,7 +324,8 @@ def compress(
         if comparison is None:
             raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
         corrections = _bias_corrections(ir_model, sites, comparison)
-        notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases can absorb the shift")
+        if corrections:
+            notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases absorb the shift")
     if dense is not None:
         for name, (removed, channels) in dense.channels.items():
             if name in records:

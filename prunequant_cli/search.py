@@ -39,10 +39,13 @@ from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.selection import WeightSite
 
 SUBSET_SAMPLES = 128
+SUBSET_MIN = 8  # samples, when a run of the full subset takes longer than PROBE_SECONDS
+PROBE_SECONDS = 0.5
 
 FLOAT = CompressConfig(bits=None)
+INT8 = CompressConfig(bits=8)
 CANDIDATES: tuple[CompressConfig, ...] = (
-    CompressConfig(bits=8),
+    INT8,
     CompressConfig(bits=6),
     CompressConfig(bits=4),
     CompressConfig(bits=3),
@@ -179,7 +182,18 @@ class Probe:
         self.label_output = label_output
         self.subset = self._subset(batches)
         self.reference = self._run(self.batches, {})
+        started = time.perf_counter()
         self.reference_subset = self._run(self.subset, {})
+        if time.perf_counter() - started > PROBE_SECONDS and len(self.subset[0]) and self._free:
+            # A heavy model: measure sensitivity on fewer samples, so every weight gets measured.
+            self.subset = [{k: v[:SUBSET_MIN] for k, v in self.subset[0].items()}]
+            self.reference_subset = self._run(self.subset, {})
+
+    @property
+    def _free(self) -> bool:
+        """Whether the batch dimension is free (the subset can be cut along it)."""
+        first = next(iter(self.subset[0].values()), None)
+        return first is not None and first.ndim > 0 and first.shape[0] > SUBSET_MIN
 
     @staticmethod
     def _subset(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -381,11 +395,22 @@ def run_search(
     sensitivity: dict[str, list[Option]] = {}
     out_of_time = False
     progress.stage("sensitivity", len(usable) * len(CANDIDATES))
-    for site in usable:
+    # Largest weights first: they hold the most bytes, so a time limit costs the least.
+    for site in sorted(usable, key=lambda s: -int(s.value.const_value.nbytes)):  # type: ignore[union-attr]
         tensor = site.value.const_value
         assert tensor is not None
         w = tensor.numpy()
         options = [Option(FLOAT, int(tensor.nbytes), 0.0)]
+        if time.perf_counter() - started > time_budget / 2:
+            # Out of time before this weight: int8 is its only (and usually harmless) option;
+            # the end-to-end verification still decides whether it holds.
+            out_of_time = True
+            payload = _payload(site, w, INT8, opset)
+            enc = encodings.choose(payload, opset, encodings.FORMATS["auto"], site.graph, shared)
+            if enc is not None:
+                options = [Option(INT8, enc.cost(site.graph, payload, shared), 0.0)]
+            sensitivity[site.name] = options
+            continue
         for config in CANDIDATES:
             progress.advance()
             if time.perf_counter() - started > time_budget / 2:
@@ -411,9 +436,7 @@ def run_search(
     steps.sort(key=lambda s: (s[0], s[1]))
 
     def state_at(k: int) -> dict[str, Option]:
-        state = {
-            name: next(o for o in opts if o.config is FLOAT) for name, opts in sensitivity.items()
-        }
+        state = {name: opts[0] for name, opts in sensitivity.items()}  # float, or a fixed int8
         for _, name, option in steps[:k]:
             state[name] = option
         return state
@@ -452,7 +475,9 @@ def run_search(
 
     progress.stage("verifying", None)
     best_state = state_at(0)
-    best_q = measure("all float", best_state)
+    best_q = measure(
+        "all float" if not out_of_time else "start (unmeasured weights int8)", best_state
+    )
     # Every single global setting (measured where all weights have it).
     for config in CANDIDATES:
         if time.perf_counter() - started > time_budget:

@@ -190,3 +190,17 @@ def test_plot_of_a_search(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (png.stat().st_mode & 0o777) == (tmp_path / "o.onnx").stat().st_mode & 0o777
+
+
+def test_out_of_time_weights_fall_back_to_int8(tmp_path):
+    report = search(
+        SAMPLES / "digits_cnn.onnx",
+        tmp_path / "s.onnx",
+        GateConfig(min_cosine=0.99),
+        EV,
+        time_budget=1e-6,
+    )
+    assert report.search["out_of_time"] is True
+    assert set(report.search["settings"].values()) == {"int8"}
+    assert report.passed and report.ratio < 0.3
+    assert any("time-budget" in n for n in report.notes)
