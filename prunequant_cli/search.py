@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftSubgraphInitializersToMainGraphPass
 
 from prunequant_cli import encodings, pruning
 from prunequant_cli.bias import Correctable, bias_shift
@@ -163,17 +164,23 @@ class Probe:
         extra: Sequence[ir.Value] = (),
     ) -> None:
         """``extra``: more initializers to make overridable (biases that a correction moves)."""
-        proto = ir.serde.serialize_model(model)
+        # A copy whose subgraph initializers (weights inside If/Loop branches) are lifted to
+        # the main graph, where they can be fed like any other; the branches still see them.
+        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        LiftSubgraphInitializersToMainGraphPass()(copy)
+        proto = ir.serde.serialize_model(copy)
+        main = {t.name: t for t in proto.graph.initializer}
         known = {i.name for i in proto.graph.input}
-        overridable = [s.value for s in sites if s.graph is model.graph] + list(extra)
-        for value in overridable:
-            tensor = value.const_value
-            if value.name and value.name not in known and tensor is not None:
-                known.add(value.name)
+        self.overridable: set[str] = set()
+        for name in [s.name for s in sites] + [v.name or "" for v in extra]:
+            tensor = main.get(name)
+            if tensor is None:
+                continue  # renamed by the lift (a clash): not searched
+            self.overridable.add(name)
+            if name not in known:
+                known.add(name)
                 proto.graph.input.append(
-                    onnx.helper.make_tensor_value_info(
-                        value.name, tensor.dtype.value, list(tensor.shape.numpy())
-                    )
+                    onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
                 )
         self.session = open_session(proto.SerializeToString(), threads, "original")
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -376,7 +383,7 @@ def run_search(
     started = time.perf_counter()
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
-    usable = [s for s in sites if s.graph is model.graph]  # subgraph weights cannot be fed
+    usable = [s for s in sites if s.name in probe.overridable]
     corrections = corrections or {}
 
     def overrides_for(

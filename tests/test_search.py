@@ -204,3 +204,14 @@ def test_out_of_time_weights_fall_back_to_int8(tmp_path):
     assert set(report.search["settings"].values()) == {"int8"}
     assert report.passed and report.ratio < 0.3
     assert any("time-budget" in n for n in report.notes)
+
+
+def test_weights_inside_if_branches_are_searched(tmp_path):
+    import graphs
+    import onnx
+
+    src = tmp_path / "if.onnx"
+    onnx.save(graphs.if_branches(), src)
+    report = search(src, tmp_path / "o.onnx", GateConfig(min_cosine=0.99), EV)
+    assert set(report.search["settings"]) == {"W", "V"}  # V lives in the else branch
+    assert report.passed
