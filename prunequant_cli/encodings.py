@@ -264,10 +264,6 @@ class EncodedWeight:
     parts: tuple[str, ...] = ()
 
 
-def _plane_width(bits: int) -> int:
-    return 2 if bits <= 2 else 4
-
-
 def _unpack_planes(
     b: DecodeBuilder, packed: ir.Value, width: int, shape: tuple[int, ...] | None = None
 ) -> ir.Value:
@@ -329,10 +325,6 @@ def _scaled(b: DecodeBuilder, floats: ir.Value) -> ir.Value:
 def _dims(value: ir.Value) -> tuple[int, ...]:
     assert value.const_value is not None
     return tuple(int(d) for d in value.const_value.shape.numpy())
-
-
-def _length(value: ir.Value) -> int:
-    return _dims(value)[0]
 
 
 def _reshape(b: DecodeBuilder, x: ir.Value) -> ir.Value:

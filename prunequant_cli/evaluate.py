@@ -450,8 +450,3 @@ class Comparison:
             ev.latency_ms_original, ev.latency_p90_ms_original = a_med, a_p90
             ev.latency_ms_compressed, ev.latency_p90_ms_compressed = b_med, b_p90
         return ev
-
-
-def compare(original: str | bytes, compressed: str | bytes, config: EvalConfig) -> Evaluation:
-    """Run both models on the same inputs and measure how far the compressed one moved."""
-    return Comparison(original, config).run(compressed)

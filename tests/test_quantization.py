@@ -100,3 +100,18 @@ def test_mse_scales_never_do_worse_and_keep_zeros(w, bits, data):
 
     assert (err(searched) <= err(base) * (1 + 1e-5) + 1e-12).all()
     assert (dequantize(quantize(w, searched, bits), searched)[zero] == 0).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    bits=st.sampled_from([1, 2, 4]),
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 7)),
+    data=st.data(),
+)
+def test_planar_packing_round_trips(bits, shape, data):
+    from prunequant_cli.quantization import pack_planar, unpack_planar
+
+    values = data.draw(arrays(np.uint8, shape, elements=st.integers(0, (1 << bits) - 1)))
+    packed = pack_planar(values, bits)
+    assert packed.size == -(-values.size // (8 // bits))  # the bytes the bits need, no more
+    np.testing.assert_array_equal(unpack_planar(packed, bits, values.shape), values)
