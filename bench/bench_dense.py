@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from common import print_table, session
 from onnx import TensorProto, helper, numpy_helper
-from table import print_table
 
 from prunequant_cli import CompressConfig, EvalConfig, compress
 
@@ -63,13 +62,6 @@ def vgg_like() -> onnx.ModelProto:
         initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 4
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def ratio(a: Path, b: Path, batch: int, runs: int) -> float:

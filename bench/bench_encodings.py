@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from common import print_table, session
 from onnx import TensorProto, helper, numpy_helper
-from table import print_table
 
 from prunequant_cli import CompressConfig, EvalConfig, compress
 from prunequant_cli.evaluate import session_rss
@@ -64,13 +63,6 @@ def cnn_model(opset: int) -> onnx.ModelProto:
     model.opset_import[0].version = opset  # every op of the CNN means the same at 17 and 21
     model.ir_version = 10
     return model
-
-
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def latency_ratio(base: Path, other: Path, feed: dict, runs: int) -> float:

@@ -252,6 +252,17 @@ def _contained(base: Path, location: str) -> Path:
     return resolved
 
 
+def _check_range(tensor: ir.ExternalTensor, path: Path) -> None:
+    """The tensor's bytes (packed, for sub-byte types) lie inside its data file."""
+    need = int(tensor.nbytes)
+    offset = tensor.offset or 0
+    length = tensor.length if tensor.length is not None else need
+    if length != need or offset < 0 or offset + length > path.stat().st_size:
+        raise InvalidModelError(
+            f"tensor {safe_text(tensor.name)} does not match its external data range"
+        )
+
+
 def _range_tensor(tensor: ir.ExternalTensor, path: Path) -> ir.TensorProtocol:
     """A lazy tensor that reads its bytes from ``path`` each time it is asked (no cache)."""
     dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
@@ -345,10 +356,11 @@ def load_model(path: Path) -> LoadedModel:
             offset = tensor.offset or 0
             length = tensor.length if tensor.length is not None else int(tensor.nbytes)
             ranges.setdefault(data, []).append((offset, offset + length, value.name or ""))
-            try:
-                tensor.dtype.numpy()
-            except (TypeError, ValueError):
-                tensor.base_dir = str(path.parent)  # exotic dtypes: onnx_ir's own mmap reader
+            if tensor.dtype.bitwidth < 8 or tensor.dtype == ir.DataType.STRING:
+                # Packed sub-byte types (INT4, UINT2...) and strings: onnx_ir's own reader,
+                # which unpacks them; the location was checked above.
+                _check_range(tensor, data)
+                tensor.base_dir = str(path.parent)
                 continue
             value.const_value = _range_tensor(tensor, data)
     _no_overlaps(ranges)

@@ -105,6 +105,16 @@ def _load_input(model: ModelInput) -> tuple[ir.Model, Path | None, set[Path], li
     return copy, None, external_files(copy), densified
 
 
+def _defaults(
+    evaluation: EvalConfig | None, gates: GateConfig | None, progress: Progress | None
+) -> tuple[EvalConfig, GateConfig, Progress]:
+    """The option sets a caller left out, checked against each other."""
+    evaluation, gates = evaluation or EvalConfig(), gates or GateConfig()
+    if gates.needs_evaluation and not evaluation.enabled:
+        raise UsageError("quality and latency gates need the evaluation: drop --no-eval")
+    return evaluation, gates, progress or NO_PROGRESS
+
+
 def _prepare(ir_model: ir.Model, densified: list[str]) -> list[str]:
     """Make weights visible to selection (IR < 4 inputs, Constant nodes); say what changed."""
     notes = []
@@ -267,11 +277,7 @@ def compress(
             with the exit code the CLI uses for it.
     """
     config = config or CompressConfig()
-    evaluation = evaluation or EvalConfig()
-    gates = gates or GateConfig()
-    progress = progress or NO_PROGRESS
-    if gates.needs_evaluation and not evaluation.enabled:
-        raise UsageError("quality and latency gates need the evaluation: drop --no-eval")
+    evaluation, gates, progress = _defaults(evaluation, gates, progress)
     started = time.perf_counter()
     out = Path(output)
     progress.stage("loading")
@@ -511,11 +517,7 @@ def compare(
     """
     from prunequant_cli.evaluate import Comparison
 
-    evaluation = evaluation or EvalConfig()
-    gates = gates or GateConfig()
-    progress = progress or NO_PROGRESS
-    if gates.needs_evaluation and not evaluation.enabled:
-        raise UsageError("quality and latency gates need the evaluation: drop --no-eval")
+    evaluation, gates, progress = _defaults(evaluation, gates, progress)
     started = time.perf_counter()
     progress.stage("loading")
     a, b = load_model(Path(model_a)), load_model(Path(model_b))

@@ -278,8 +278,9 @@ def log_injection(folder, outside):
     return _save(model, folder)
 
 
-def infinite_loop(folder, outside):
-    body = helper.make_graph(
+def _loop_body() -> onnx.GraphProto:
+    """A Loop body that passes its condition and its value through unchanged."""
+    return helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
             helper.make_node("Identity", ["v_in"], ["v_out"]),
@@ -295,6 +296,10 @@ def infinite_loop(folder, outside):
             helper.make_tensor_value_info("v_out", FLOAT, [1, 16]),
         ],
     )
+
+
+def infinite_loop(folder, outside):
+    body = _loop_body()
     nodes = [
         helper.make_node("Loop", ["", "", "x"], ["v"], body=body),
         helper.make_node("MatMul", ["v", "W"], ["y"]),
@@ -304,22 +309,7 @@ def infinite_loop(folder, outside):
 
 def endless_loop(folder, outside):
     """A Loop whose condition stays true: only a wall-clock limit stops it."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Identity", ["v_in"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", FLOAT, [1, 16]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", FLOAT, [1, 16]),
-        ],
-    )
+    body = _loop_body()
     keep = numpy_helper.from_array(np.array(True), "keep_going")
     nodes = [
         helper.make_node("Loop", ["", "keep_going", "x"], ["v"], body=body),

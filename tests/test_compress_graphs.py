@@ -369,3 +369,22 @@ def test_weights_in_constant_nodes_inside_if_branches(tmp_path):
     assert any("Constant nodes" in n for n in report.notes)
     for flag in (True, False):
         assert_close_outputs(src, out, {"x": rand((3, 4), 5), "c": np.array(flag)}, 0.97)
+
+
+def test_large_native_int4_weights_are_written_and_read_back(tmp_path):
+    # 512x384 weights: above the size read lazily; native INT4 packs two codes per byte.
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", FLOAT, ["N", 512])],
+        [("y", FLOAT, ["N", 384])],
+        [tensor("W", rand((512, 384), 1))],
+        opset=21,
+        ir_version=10,
+    )
+    src, out = save(model, tmp_path / "in.onnx"), tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=4, format="dense"), NO_EVAL)
+    assert [t.encoding for t in report.tensors] == ["int4"]
+    # what was written reads back (lazily, INT4 unpacked) and passes through a second run
+    compress(out, tmp_path / "again.onnx", CompressConfig(bits=8), NO_EVAL)
+    assert_close_outputs(src, out, min_cosine=0.99)
+    assert_close_outputs(out, tmp_path / "again.onnx", min_cosine=0.9999)

@@ -1,8 +1,19 @@
-"""Plain-text tables for the benchmark scripts (first row: the header)."""
+"""What the benchmark scripts share: onnxruntime sessions as they are timed, and tables."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime as ort
+
+
+def session(path: Path) -> ort.InferenceSession:
+    """A one-thread CPU session, the way every latency in the benchmarks is measured."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 4
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def print_table(rows: Sequence[Sequence[str]], text_columns: int, note: str) -> None:
