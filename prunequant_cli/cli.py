@@ -424,11 +424,12 @@ def main() -> None:
 )
 @click.option(
     "--quant",
-    type=click.Choice(["uniform", "codebook"]),
+    type=click.Choice(["uniform", "asymmetric", "codebook"]),
     default="uniform",
     show_default=True,
-    help="uniform: symmetric codes with one scale per output channel; codebook: "
-    "2^bits shared values per tensor (k-means), more accurate at 2-4 bits.",
+    help="uniform: symmetric codes with one scale per output channel; asymmetric: a "
+    "scale and a zero point per output channel, all 2^bits codes over [min, max]; "
+    "codebook: 2^bits shared values per tensor (k-means), more accurate at 2-4 bits.",
 )
 @click.option(
     "--block-size",

@@ -9,7 +9,7 @@ from pathlib import Path
 from prunequant_cli.errors import UsageError
 
 MIN_BITS, MAX_BITS = 2, 8
-QUANT_METHODS = ("uniform", "codebook")
+QUANT_METHODS = ("uniform", "asymmetric", "codebook")
 FORMAT_NAMES = ("auto", "dense", "int8", "sparse")
 
 
@@ -29,8 +29,10 @@ class CompressConfig:
             "N:M" keeps the N largest of every M consecutive input weights.
         bits: Width of the codes (2..8), 16 for float16 storage, or None to keep
             float weights (pruning only).
-        quant: "uniform" (symmetric, one scale per output channel) or "codebook"
-            (2**bits shared values per tensor, learned by k-means).
+        quant: "uniform" (symmetric, one scale per output channel), "asymmetric"
+            (a scale and an integer zero point per output channel, covering the
+            channel's [min, max]) or "codebook" (2**bits shared values per tensor,
+            learned by k-means).
         block_size: Uniform codes of 2-D weights get one scale per block of this
             many input weights of each output neuron (None: one per output channel).
         format: How codes are stored: "auto" (the smallest form per tensor that
@@ -77,7 +79,7 @@ class CompressConfig:
         if self.bits is not None and not (MIN_BITS <= self.bits <= MAX_BITS or self.bits == 16):
             raise UsageError(f"--bits must be within {MIN_BITS}..{MAX_BITS} or 16, got {self.bits}")
         if self.block_size is not None and (self.block_size < 2 or self.quant != "uniform"):
-            raise UsageError("a block size (2 or more) goes with uniform quantization")
+            raise UsageError("a block size (2 or more) goes with --quant uniform")
         if self.quant not in QUANT_METHODS:
             raise UsageError(f"--quant must be one of {', '.join(QUANT_METHODS)}, got {self.quant}")
         if self.format not in FORMAT_NAMES:
@@ -85,12 +87,15 @@ class CompressConfig:
                 f"--format must be one of {', '.join(FORMAT_NAMES)}, got {self.format}"
             )
         if self.bits == 16 and (self.quant != "uniform" or self.keep_quantized):
-            raise UsageError(
-                "--bits 16 stores float16 values: no --quant codebook or --keep-quantized"
-            )
+            raise UsageError("--bits 16 stores float16 values: no --quant or --keep-quantized")
         if self.keep_quantized and (self.quant != "uniform" or self.format != "auto"):
             raise UsageError(
                 "--keep-quantized writes uniform DequantizeLinear codes: no --quant or --format"
+            )
+        if self.quant == "asymmetric" and self.format == "sparse":
+            raise UsageError(
+                "--quant asymmetric codes are stored dense (a zero weight has code z, not 0): "
+                "no --format sparse"
             )
         if self.bits is None and (self.keep_quantized or self.quant != "uniform"):
             raise UsageError("--no-quantize cannot be combined with --quant or --keep-quantized")

@@ -24,6 +24,11 @@ kernels.)
 | dq-int8 / dq-int4 | uniform  | 13/21 | DequantizeLinear, kept in the session              |
 | dq-int4-blocked   | uniform  | 21    | DequantizeLinear with block_size (MatMul weights)  |
 
+Asymmetric codes (a zero point per channel) are written by int8, int4/int2 and
+packed4/2 only, with a ``Sub(codes, Cast(zero point))`` before the Mul; their
+encoding is named with a ``-zp`` suffix. The sparse forms need a zero weight to
+have code 0, which asymmetric codes do not give.
+
 The main initializer of each encoded weight carries metadata (key ``prunequant``,
 JSON) naming the encoding, the weight, its bit width and axis, which ``inspect`` reads.
 """
@@ -46,6 +51,8 @@ from prunequant_cli.quantization import pack_planar
 # weight name, bits and axis. Shared decoder constants carry META_SHARED.
 META_KEY = "prunequant"
 META_SHARED = "prunequant.shared"
+# Added to the encoding name of asymmetric codes: "int8-zp", "int4-zp", "packed4-zp".
+ZERO_POINT_SUFFIX = "-zp"
 
 
 def read_meta(tensor: ir.TensorProtocol | None) -> dict[str, object] | None:
@@ -77,6 +84,7 @@ class Payload:
     values: np.ndarray | None = None  # float: pruned but not quantized
     block_size: int | None = None  # uniform: one scale per block of this many entries...
     block_axis: int = 0  # ...along this axis; the scale then has the weight's rank
+    zero_point: np.ndarray | None = None  # uniform, asymmetric: int8 code of 0 per channel
 
     @property
     def kind(self) -> str:
@@ -100,7 +108,10 @@ class Payload:
             scale = self.scale.astype(np_dtype)
             if self.block_size:
                 scale = np.repeat(scale, self.block_size, axis=self.block_axis)
-            return self.codes.astype(np_dtype) * scale
+            floats = self.codes.astype(np_dtype)
+            if self.zero_point is not None:
+                floats = floats - self.zero_point.astype(np_dtype)
+            return floats * scale
         if self.indices is not None:
             assert self.codebook is not None
             return self.codebook.astype(np_dtype)[self.indices.astype(np.int64)]
@@ -112,7 +123,8 @@ class Payload:
     def zeros(self) -> int:
         """How many weights decode to exactly zero."""
         if self.codes is not None:
-            return int(self.size - np.count_nonzero(self.codes))
+            zero = 0 if self.zero_point is None else self.zero_point
+            return int(self.size - np.count_nonzero(self.codes != zero))
         if self.indices is not None:
             assert self.codebook is not None
             zero_entries = np.flatnonzero(self.codebook == 0)
@@ -232,6 +244,8 @@ class DecodeBuilder:
         p = self.payload
         main = self.stored[0].const_value
         assert main is not None
+        if p.zero_point is not None:
+            encoding += ZERO_POINT_SUFFIX
         main.metadata_props[META_KEY] = json.dumps(
             {"encoding": encoding, "weight": p.name, "bits": p.bits, "axis": p.axis},
             separators=(",", ":"),
@@ -322,6 +336,15 @@ def _scaled(b: DecodeBuilder, floats: ir.Value) -> ir.Value:
     return _reshape(b, b.node("Mul", [floats, scale]))
 
 
+def _centered(b: DecodeBuilder, floats: ir.Value) -> ir.Value:
+    """``floats`` minus the per-channel zero point, when the codes have one."""
+    p = b.payload
+    if p.zero_point is None:
+        return floats
+    zero = b.node("Cast", [b.init("z", p.zero_point)], to=p.dtype.value)
+    return b.node("Sub", [floats, zero])
+
+
 def _dims(value: ir.Value) -> tuple[int, ...]:
     assert value.const_value is not None
     return tuple(int(d) for d in value.const_value.shape.numpy())
@@ -340,10 +363,13 @@ class Encoding:
     max_bits = 8
     blocks = False  # can write payloads with per-block scales
     blocks_only = False  # writes only those
+    zero_points = False  # can write asymmetric codes (a zero point per channel)
 
     def applies(self, p: Payload, opset: int) -> bool:
         blocked = bool(p.block_size)
         if (blocked and not self.blocks) or (self.blocks_only and not blocked):
+            return False
+        if p.zero_point is not None and not self.zero_points:
             return False
         return p.kind == self.kind and opset >= self.min_opset and p.bits <= self.max_bits
 
@@ -368,18 +394,18 @@ class Encoding:
 
 
 class Int8(Encoding):
-    name, min_opset, blocks = "int8", 7, True
+    name, min_opset, blocks, zero_points = "int8", 7, True, True
 
     def build(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
         codes = b.init("q", p.codes)  # type: ignore[arg-type]
-        return _scaled(b, b.node("Cast", [codes], to=p.dtype.value))
+        return _scaled(b, _centered(b, b.node("Cast", [codes], to=p.dtype.value)))
 
 
 class NativeInt(Encoding):
     """INT4/INT2 initializers (two or four codes per byte), cast at load."""
 
-    blocks = True
+    blocks = zero_points = True
 
     def __init__(self, bits: int) -> None:
         self.max_bits = bits
@@ -390,13 +416,13 @@ class NativeInt(Encoding):
     def build(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
         codes = b.init("q", p.codes.astype(self._np))  # type: ignore[union-attr]
-        return _scaled(b, b.node("Cast", [codes], to=p.dtype.value))
+        return _scaled(b, _centered(b, b.node("Cast", [codes], to=p.dtype.value)))
 
 
 class PackedUint(Encoding):
     """Offset codes packed in uint8 planes, unpacked with integer Div/Mod (any opset >= 11)."""
 
-    min_opset, blocks = 11, True
+    min_opset, blocks, zero_points = 11, True, True
 
     def __init__(self, width: int) -> None:
         self.width = width
@@ -410,7 +436,7 @@ class PackedUint(Encoding):
         packed = b.init("q", pack_planar(unsigned, self.width))
         floats = b.node("Cast", [_unpack_planes(b, packed, self.width)], to=p.dtype.value)
         shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
-        return _scaled(b, b.node("Sub", [floats, shift]))
+        return _scaled(b, _centered(b, b.node("Sub", [floats, shift])))
 
 
 # Row v holds the four bits of nibble v, lowest first: Gather(table, nibbles) unpacks a mask.
@@ -744,7 +770,7 @@ def choose(
 
 def describe_encoding(encoding: str, bits: int | None) -> str:
     """Short label for tables: 'int8 ×scale (4-bit codes)', 'float'."""
-    label = {
+    labels = {
         "int8": "int8 ×scale",
         "int4": "int4 ×scale",
         "int2": "int2 ×scale",
@@ -768,7 +794,12 @@ def describe_encoding(encoding: str, bits: int | None) -> str:
         "dq-int8": "DequantizeLinear int8",
         "dq-int4": "DequantizeLinear int4",
         "dq-int4-blocked": "DequantizeLinear int4, blocks of 32",
-    }.get(encoding, encoding)
+    }
+    zero_point = encoding.endswith(ZERO_POINT_SUFFIX)
+    base = encoding.removesuffix(ZERO_POINT_SUFFIX)
+    label = labels.get(base, base)
+    if zero_point:
+        label = label.replace(" ×scale", " −zero point ×scale")
     if bits is None or encoding in ("float16", "sparse-float", "coordinates-float"):
         return label
     return f"{label} ({bits}-bit codes)"

@@ -212,6 +212,13 @@ def make_payload(
         p.half = w.astype(np.float16)
     elif config.quant == "codebook":
         p.codebook, p.indices = quantization.kmeans_codebook(w, 1 << bits, keep_zero=pruned)
+    elif config.quant == "asymmetric":
+        scale = quantization.asymmetric_scale(w, site.axis, bits)
+        if scale.size >= HALF_SCALE_MIN_CHANNELS and dtype != ir.DataType.FLOAT16:
+            scale = quantization.half_scale(scale)
+        p.scale = scale
+        p.zero_point = quantization.zero_point(w, site.axis, scale, bits)
+        p.codes = quantization.quantize_asymmetric(w, scale.astype(w.dtype), p.zero_point, bits)
     else:
         if bits <= MSE_SCALE_MAX_BITS:
             scale = quantization.mse_scale(w, site.axis, bits)

@@ -11,6 +11,17 @@ weight is at most ``scale_c / 2``. A zero weight (a pruned one) has code 0 and
 decodes to exactly 0. The range is restricted to [-qmax, qmax], which keeps it
 symmetric. A channel of zeros gets scale 1 (its codes are all 0); scales never go
 below the dtype's smallest normal number.
+
+Asymmetric (``--quant asymmetric``), the seed's form with a zero point:
+
+    q = clamp(round(w / scale) + z, -qmax - 1, qmax),   w' = (q - z) * scale
+
+with, per output channel, ``scale = (hi - lo) / (2**bits - 1)`` over the range
+``[lo, hi] = [min(w, 0), max(w, 0)]`` and the integer zero point
+``z = round(-qmax - 1 - lo / scale)``. All ``2**bits`` codes are used and the step
+follows the channel's real range, which pays off where a channel's weights lean to
+one side. Zero is inside every range and ``z`` is an integer code, so a zero
+weight (a pruned one) has code ``z`` and decodes to exactly 0.
 """
 
 from __future__ import annotations
@@ -72,6 +83,41 @@ def quantize(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     q = np.divide(w, scale, dtype=np.float32)
     np.rint(q, out=q)
     np.clip(q, -m, m, out=q)
+    return q.astype(np.int8)
+
+
+def _range(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``min(w, 0)`` and ``max(w, 0)`` in float64, broadcastable."""
+    other = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+    lo = np.minimum(w.min(axis=other, keepdims=True), 0).astype(np.float64)
+    hi = np.maximum(w.max(axis=other, keepdims=True), 0).astype(np.float64)
+    return lo, hi
+
+
+def asymmetric_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
+    """Per-channel scale (``w``'s dtype) spreading all ``2**bits`` codes over [lo, hi]."""
+    lo, hi = _range(w, axis)
+    scale = np.maximum((hi - lo) / ((1 << bits) - 1), np.finfo(w.dtype).tiny)
+    scale[hi == lo] = 1.0
+    return scale.astype(w.dtype)
+
+
+def zero_point(w: np.ndarray, axis: int, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Per-channel integer code of 0 (int8) for ``scale``: ``round(-qmax - 1 - lo / scale)``."""
+    lo, _ = _range(w, axis)
+    low = -qmax(bits) - 1
+    zero = np.clip(np.rint(low - lo / scale.astype(np.float64)), low, qmax(bits))
+    return zero.astype(np.int8)
+
+
+def quantize_asymmetric(
+    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, bits: int
+) -> np.ndarray:
+    """Integer codes of ``w`` with a zero point (int8, within [-qmax - 1, qmax])."""
+    q = np.divide(w, scale, dtype=np.float32)
+    np.rint(q, out=q)
+    q += zero_point
+    np.clip(q, -qmax(bits) - 1, qmax(bits), out=q)
     return q.astype(np.int8)
 
 

@@ -211,6 +211,8 @@ def test_non_tensor_and_integer_outputs_are_compared(tmp_path):
         (["--bits", "8", "--format", "int8"], {"int8"}),
         (["--bits", "16"], {"float16"}),
         (["--bits", "8", "--keep-quantized"], {"dq-int8"}),
+        (["--bits", "4", "--quant", "asymmetric"], {"int8-zp", "packed4-zp"}),
+        (["--bits", "8", "--quant", "asymmetric", "--threshold", "0.02"], {"int8-zp"}),
     ],
 )
 def test_quantization_choices(tmp_path, args, encodings):
@@ -234,6 +236,9 @@ def test_quantization_choices(tmp_path, args, encodings):
         ["--keep-quantized", "--quant", "codebook"],
         ["--keep-quantized", "--format", "sparse"],
         ["--no-quantize", "--quant", "codebook"],
+        ["--quant", "asymmetric", "--format", "sparse"],
+        ["--quant", "asymmetric", "--keep-quantized"],
+        ["--quant", "asymmetric", "--block-size", "16"],
     ],
 )
 def test_conflicting_quantization_options_are_usage_errors(tmp_path, args):

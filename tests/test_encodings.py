@@ -75,6 +75,12 @@ CASES = [
     ("packed4", 4, "uniform", 0.0),
     ("packed4", 3, "uniform", 0.0),
     ("packed2", 2, "uniform", 0.0),
+    ("int8", 8, "asymmetric", 0.3),
+    ("int8", 3, "asymmetric", 0.0),
+    ("int4", 4, "asymmetric", 0.3),
+    ("int2", 2, "asymmetric", 0.0),
+    ("packed4", 4, "asymmetric", 0.3),
+    ("packed2", 2, "asymmetric", 0.3),
     ("sparse", 8, "uniform", 0.6),
     ("sparse4", 4, "uniform", 0.6),
     ("sparse2", 2, "uniform", 0.6),
@@ -109,7 +115,7 @@ def _params():
                     sparsity,
                     opset,
                     shape,
-                    id=f"{name}-b{bits}-o{opset}-{shape[0]}x{shape[1]}",
+                    id=f"{name}-{quant}-b{bits}-o{opset}-{shape[0]}x{shape[1]}",
                 )
 
 
@@ -249,3 +255,17 @@ def test_per_block_scales_decode_bit_exactly(tmp_path, name, shape):
     sess = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
     _, w_out = sess.run(None, {"x": np.ones((2, shape[0]), np.float32)})
     np.testing.assert_array_equal(w_out, payload.decode())
+
+
+def test_sparse_encodings_never_take_asymmetric_codes():
+    # a zero weight has code z, not 0: the bitmask and coordinate forms would lose it
+    w = _weight((32, 16), 0.8)
+    model = ir.serde.deserialize_model(
+        make_model([], [("W", FLOAT, [32, 16])], [("W", FLOAT, [32, 16])], [tensor("W", w)])
+    )
+    site = WeightSite(model.graph.initializers["W"], model.graph, 1, ("MatMul",))
+    payload = make_payload(w, site, CompressConfig(bits=4, quant="asymmetric"), pruned=True)
+    assert payload.zero_point is not None
+    assert payload.zeros() == int((payload.decode() == 0).sum()) >= int((w == 0).sum())
+    usable = {e.name for e in encodings.ALL if e.applies(payload, 21)}
+    assert usable == {"int8", "int4", "packed4"}

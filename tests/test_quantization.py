@@ -7,7 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from prunequant_cli.quantization import dequantize, per_channel_scale, qmax, quantize
+from prunequant_cli.quantization import (
+    asymmetric_scale,
+    dequantize,
+    half_scale,
+    per_channel_scale,
+    qmax,
+    quantize,
+    quantize_asymmetric,
+    zero_point,
+)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 weights = st.integers(1, 3).flatmap(
@@ -115,3 +124,47 @@ def test_planar_packing_round_trips(bits, shape, data):
     packed = pack_planar(values, bits)
     assert packed.size == -(-values.size // (8 // bits))  # the bytes the bits need, no more
     np.testing.assert_array_equal(unpack_planar(packed, bits, values.shape), values)
+
+
+def _asymmetric(w, axis, bits, half=False):
+    scale = asymmetric_scale(w, axis, bits)
+    if half:
+        scale = half_scale(scale).astype(w.dtype)
+    zero = zero_point(w, axis, scale, bits)
+    codes = quantize_asymmetric(w, scale, zero, bits)
+    back = (codes.astype(np.float32) - zero.astype(np.float32)) * scale
+    return scale, zero, codes, back
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weights, bits=st.integers(2, 8), half=st.booleans(), data=st.data())
+def test_asymmetric_error_within_half_a_step_and_codes_in_range(w, bits, half, data):
+    axis = data.draw(st.integers(0, w.ndim - 1))
+    scale, zero, codes, back = _asymmetric(w, axis, bits, half)
+    assert codes.dtype == np.int8 and zero.dtype == np.int8
+    assert codes.min() >= -qmax(bits) - 1 and codes.max() <= qmax(bits)
+    assert zero.min() >= -qmax(bits) - 1 and zero.max() <= qmax(bits)
+    bound = scale.astype(np.float64) / 2 * (1 + 1e-5) + np.abs(w).max() * 1e-6
+    assert (np.abs(back.astype(np.float64) - w) <= bound).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=weights, bits=st.integers(2, 8), data=st.data())
+def test_asymmetric_zeros_stay_exactly_zero(w, bits, data):
+    zero_mask = data.draw(arrays(bool, w.shape))
+    w = np.where(zero_mask, np.float32(0), w)
+    _, zero, codes, back = _asymmetric(w, 0, bits)
+    assert (back[zero_mask] == 0).all()
+    assert (codes == np.broadcast_to(zero, w.shape))[zero_mask].all()
+
+
+def test_asymmetric_step_follows_a_one_sided_range():
+    # all-positive channels: symmetric codes waste the negative half of their range
+    w = np.random.default_rng(0).uniform(0, 1, (4, 64)).astype(np.float32)
+    for bits in (2, 4, 8):
+        sym = per_channel_scale(w, 0, bits)
+        asym = asymmetric_scale(w, 0, bits)
+        assert (asym < sym).all()
+        sym_err = np.abs(dequantize(quantize(w, sym, bits), sym) - w).mean()
+        asym_err = np.abs(_asymmetric(w, 0, bits)[3] - w).mean()
+        assert asym_err < sym_err * 0.6

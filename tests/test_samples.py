@@ -97,3 +97,26 @@ def test_4_bit_is_a_sixth_of_the_size_and_pruning_shrinks_it_again(tmp_path, nam
     for report in (four, pruned):
         assert report.evaluation.outputs[0].nonfinite == 0
         assert report.compressed.gzip_bytes < report.original.gzip_bytes
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_asymmetric_4_bit_codes_are_closer_to_the_original(tmp_path, name):
+    # A zero point per channel uses all 16 codes over [min, max]; the symmetric codes
+    # leave one unused and spread the rest over [-max|w|, max|w|].
+    ev = EvalConfig(data=SAMPLES / f"{name}.npz", latency_runs=3)
+    src = SAMPLES / f"{name}.onnx"
+    sym = compress(src, tmp_path / "s.onnx", CompressConfig(bits=4), ev)
+    asym = compress(src, tmp_path / "a.onnx", CompressConfig(bits=4, quant="asymmetric"), ev)
+    assert {t.encoding for t in asym.tensors if t.encoding} <= {"int8-zp", "packed4-zp"}
+    assert asym.evaluation.outputs[0].sqnr_db > sym.evaluation.outputs[0].sqnr_db + 3
+    assert asym.ratio < 1 / 5
+    run_both(src, tmp_path / "a.onnx")  # loads and runs in onnxruntime
+    pruned = compress(
+        src,
+        tmp_path / "p.onnx",
+        CompressConfig(bits=4, quant="asymmetric", threshold=0.02),
+        ev,
+    )
+    assert sum(t.zeros_after or 0 for t in pruned.tensors) > sum(
+        t.zeros_after or 0 for t in asym.tensors
+    )
