@@ -54,6 +54,9 @@ CANDIDATES: tuple[CompressConfig, ...] = (
     CompressConfig(bits=4, quant="codebook"),
     CompressConfig(bits=3, quant="codebook"),
     CompressConfig(bits=2, quant="codebook"),
+    CompressConfig(bits=4, quant="asymmetric"),
+    CompressConfig(bits=3, quant="asymmetric"),
+    CompressConfig(bits=2, quant="asymmetric"),
     CompressConfig(bits=8, sparsity=0.5),
     CompressConfig(bits=4, sparsity=0.25),
     CompressConfig(bits=4, sparsity=0.5),
@@ -69,12 +72,15 @@ CANDIDATES: tuple[CompressConfig, ...] = (
 
 
 def label(config: CompressConfig) -> str:
-    """'int4', 'int4/32' (a scale per 32 weights), 'codebook3', 'int4 50% pruned', 'float'."""
+    """'int4', 'int4/32' (a scale per 32 weights), 'int4-zp' (with a zero point), 'codebook3',
+    'int4 50% pruned', 'float'."""
     if config.bits is None:
         return "float"
     name = f"codebook{config.bits}" if config.quant == "codebook" else f"int{config.bits}"
     if config.block_size:
         name += f"/{config.block_size}"
+    if config.quant == "asymmetric":
+        name += "-zp"
     if config.sparsity:
         name += f" {config.sparsity:.0%} pruned"
     return name

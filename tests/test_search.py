@@ -168,6 +168,7 @@ def test_bad_recipes_are_usage_errors(tmp_path, text, message):
 def test_labels_of_settings():
     assert label(CompressConfig(bits=4, sparsity=0.5, quant="codebook")) == "codebook4 50% pruned"
     assert label(CompressConfig(bits=None)) == "float"
+    assert label(CompressConfig(bits=3, quant="asymmetric")) == "int3-zp"
 
 
 def test_plot_of_a_search(tmp_path):
