@@ -92,11 +92,6 @@ class CompressConfig:
             raise UsageError(
                 "--keep-quantized writes uniform DequantizeLinear codes: no --quant or --format"
             )
-        if self.quant == "asymmetric" and self.format == "sparse":
-            raise UsageError(
-                "--quant asymmetric codes are stored dense (a zero weight has code z, not 0): "
-                "no --format sparse"
-            )
         if self.bits is None and (self.keep_quantized or self.quant != "uniform"):
             raise UsageError("--no-quantize cannot be combined with --quant or --keep-quantized")
 

@@ -24,10 +24,12 @@ kernels.)
 | dq-int8 / dq-int4 | uniform  | 13/21 | DequantizeLinear, kept in the session              |
 | dq-int4-blocked   | uniform  | 21    | DequantizeLinear with block_size (MatMul weights)  |
 
-Asymmetric codes (a zero point per channel) are written by int8, int4/int2 and
-packed4/2 only, with a ``Sub(codes, Cast(zero point))`` before the Mul; their
-encoding is named with a ``-zp`` suffix. The sparse forms need a zero weight to
-have code 0, which asymmetric codes do not give.
+Asymmetric codes (a zero point per channel) are written by int8, int4/int2,
+packed4/2 and the bitmask forms, with a ``Sub(codes, Cast(zero point))`` before
+the Mul; their encoding is named with a ``-zp`` suffix. A zero weight has code z,
+not 0: the bitmask marks the codes that differ from z, and ``Where(mask, ..., 0)``
+restores the exact zeros. Coordinates (which store only the gaps between
+non-zero codes) take symmetric codes only.
 
 The main initializer of each encoded weight carries metadata (key ``prunequant``,
 JSON) naming the encoding, the weight, its bit width and axis, which ``inspect`` reads.
@@ -453,7 +455,7 @@ class SparseBitmask(Encoding):
     The non-zero codes are int8, or (``width`` 4 or 2) offset codes packed in planes.
     """
 
-    min_opset, blocks = 11, True
+    min_opset, blocks, zero_points = 11, True, True
 
     def __init__(self, width: int) -> None:
         self.width = width
@@ -462,13 +464,16 @@ class SparseBitmask(Encoding):
 
     def worth_trying(self, p: Payload) -> bool:
         # mask (1 bit) + non-zeros (width bits) must undercut dense codes of that width
-        nnz = int(np.count_nonzero(p.codes)) if p.codes is not None else p.size
+        nnz = p.size - p.zeros()
         return p.size + nnz * self.width < p.size * self.width
 
     def build(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
-        flat = p.codes.reshape(-1)  # type: ignore[union-attr]
-        nonzero = flat != 0
+        assert p.codes is not None
+        flat = p.codes.reshape(-1)
+        # a zero weight has code z (0 for symmetric codes): the mask marks the others
+        zero_code = 0 if p.zero_point is None else p.zero_point
+        nonzero = (p.codes != zero_code).reshape(-1)
         mask = _mask(b, nonzero)
         nz = np.concatenate([np.zeros(1, np.int8), flat[nonzero]])
         offset = 0
@@ -479,11 +484,17 @@ class SparseBitmask(Encoding):
             unsigned = (nz.astype(np.int16) + offset).astype(np.uint8)
             packed = b.init("nz", pack_planar(unsigned, self.width))
             values = _unpack_planes(b, packed, self.width, (nz.size,))
-        codes = _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
+        positions, bits = _positions(b, mask)
+        codes = _reshape(b, b.node("Gather", [values, positions]))
         floats = b.node("Cast", [codes], to=p.dtype.value)
         if offset:
             shift = b.const(f"{offset}_{p.dtype.name.lower()}", np.array(offset, p.dtype.numpy()))
             floats = b.node("Sub", [floats, shift])
+        if p.zero_point is not None:
+            # masked-out weights gathered code 0, not z: Where puts their exact zero back
+            kept = _reshape(b, b.node("Cast", [bits], to=ir.DataType.BOOL.value))
+            zero = b.const(f"0_{p.dtype.name.lower()}", np.array(0, p.dtype.numpy()))
+            floats = b.node("Where", [kept, _centered(b, floats), zero])
         return _scaled(b, floats)
 
 
@@ -495,8 +506,9 @@ def _mask(b: DecodeBuilder, nonzero: np.ndarray) -> ir.Value:
     return b.init("mask", pack_planar(nibbles.astype(np.uint8), 4))
 
 
-def _positions(b: DecodeBuilder, mask: ir.Value) -> ir.Value:
-    """For each weight, 0 if masked out, else 1 + its rank among the non-zeros."""
+def _positions(b: DecodeBuilder, mask: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """For each weight, 0 if masked out, else 1 + its rank among the non-zeros; and the
+    mask bits (int32, flat)."""
     size = b.payload.size
     nibbles = -(-size // 4)
     nibble_idx = b.node(
@@ -509,7 +521,7 @@ def _positions(b: DecodeBuilder, mask: ir.Value) -> ir.Value:
         bits = b.node("Slice", [bits, b.const("i64_0", np.array([0], np.int64)), count])
     bits = b.node("Cast", [bits], to=ir.DataType.INT32.value)
     cumsum = b.node("CumSum", [bits, b.const("i32_0", np.array(0, np.int32))])
-    return b.node("Mul", [cumsum, bits])
+    return b.node("Mul", [cumsum, bits]), bits
 
 
 class SparseFloat(Encoding):
@@ -524,7 +536,7 @@ class SparseFloat(Encoding):
         nonzero = flat != 0
         mask = _mask(b, nonzero)
         values = b.init("nz", np.concatenate([np.zeros(1, flat.dtype), flat[nonzero]]))
-        return _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
+        return _reshape(b, b.node("Gather", [values, _positions(b, mask)[0]]))
 
 
 class SparseCoordinates(Encoding):
@@ -618,7 +630,7 @@ class SparseCodebook(Encoding):
                 b, b.init("nz", pack_planar(nz, self.width)), self.width, (nz.size,)
             )
         book = b.init("codebook", p.codebook)
-        idx = _reshape(b, b.node("Gather", [values, _positions(b, mask)]))
+        idx = _reshape(b, b.node("Gather", [values, _positions(b, mask)[0]]))
         return b.node("Gather", [book, b.node("Cast", [idx], to=ir.DataType.INT32.value)])
 
 

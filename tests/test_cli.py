@@ -211,8 +211,12 @@ def test_non_tensor_and_integer_outputs_are_compared(tmp_path):
         (["--bits", "8", "--format", "int8"], {"int8"}),
         (["--bits", "16"], {"float16"}),
         (["--bits", "8", "--keep-quantized"], {"dq-int8"}),
-        (["--bits", "4", "--quant", "asymmetric"], {"int8-zp", "packed4-zp"}),
-        (["--bits", "8", "--quant", "asymmetric", "--threshold", "0.02"], {"int8-zp"}),
+        (["--bits", "4", "--quant", "asymmetric"], {"int8-zp", "packed4-zp", "sparse4-zp"}),
+        (["--bits", "8", "--quant", "asymmetric", "--threshold", "0.02"], {"int8-zp", "sparse-zp"}),
+        (
+            ["--bits", "4", "--quant", "asymmetric", "--format", "sparse", "--sparsity", "0.5"],
+            {"sparse-zp", "sparse4-zp"},
+        ),
     ],
 )
 def test_quantization_choices(tmp_path, args, encodings):
@@ -236,7 +240,6 @@ def test_quantization_choices(tmp_path, args, encodings):
         ["--keep-quantized", "--quant", "codebook"],
         ["--keep-quantized", "--format", "sparse"],
         ["--no-quantize", "--quant", "codebook"],
-        ["--quant", "asymmetric", "--format", "sparse"],
         ["--quant", "asymmetric", "--keep-quantized"],
         ["--quant", "asymmetric", "--block-size", "16"],
     ],

@@ -28,6 +28,7 @@ DECODER_OPS = {
     "CumSum",
     "ScatterND",
     "ConstantOfShape",
+    "Where",
 }
 
 
@@ -81,6 +82,9 @@ CASES = [
     ("int2", 2, "asymmetric", 0.0),
     ("packed4", 4, "asymmetric", 0.3),
     ("packed2", 2, "asymmetric", 0.3),
+    ("sparse", 8, "asymmetric", 0.6),
+    ("sparse4", 4, "asymmetric", 0.6),
+    ("sparse2", 2, "asymmetric", 0.6),
     ("sparse", 8, "uniform", 0.6),
     ("sparse4", 4, "uniform", 0.6),
     ("sparse2", 2, "uniform", 0.6),
@@ -257,8 +261,8 @@ def test_per_block_scales_decode_bit_exactly(tmp_path, name, shape):
     np.testing.assert_array_equal(w_out, payload.decode())
 
 
-def test_sparse_encodings_never_take_asymmetric_codes():
-    # a zero weight has code z, not 0: the bitmask and coordinate forms would lose it
+def test_asymmetric_codes_take_the_bitmask_but_not_coordinates():
+    # a zero weight has code z, not 0: the bitmask marks codes != z, coordinates cannot
     w = _weight((32, 16), 0.8)
     model = ir.serde.deserialize_model(
         make_model([], [("W", FLOAT, [32, 16])], [("W", FLOAT, [32, 16])], [tensor("W", w)])
@@ -268,4 +272,4 @@ def test_sparse_encodings_never_take_asymmetric_codes():
     assert payload.zero_point is not None
     assert payload.zeros() == int((payload.decode() == 0).sum()) >= int((w == 0).sum())
     usable = {e.name for e in encodings.ALL if e.applies(payload, 21)}
-    assert usable == {"int8", "int4", "packed4"}
+    assert usable == {"int8", "int4", "packed4", "sparse", "sparse4"}

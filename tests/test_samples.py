@@ -107,7 +107,7 @@ def test_asymmetric_4_bit_codes_are_closer_to_the_original(tmp_path, name):
     src = SAMPLES / f"{name}.onnx"
     sym = compress(src, tmp_path / "s.onnx", CompressConfig(bits=4), ev)
     asym = compress(src, tmp_path / "a.onnx", CompressConfig(bits=4, quant="asymmetric"), ev)
-    assert {t.encoding for t in asym.tensors if t.encoding} <= {"int8-zp", "packed4-zp"}
+    assert all(t.encoding.endswith("-zp") for t in asym.tensors if t.encoding)
     assert asym.evaluation.outputs[0].sqnr_db > sym.evaluation.outputs[0].sqnr_db + 3
     assert asym.ratio < 1 / 5
     run_both(src, tmp_path / "a.onnx")  # loads and runs in onnxruntime
