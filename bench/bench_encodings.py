@@ -36,6 +36,8 @@ VARIANTS = [
     ("int8", CompressConfig(bits=8, format="int8"), 17),
     ("packed4", CompressConfig(bits=4, format="dense"), 17),
     ("int4 (native)", CompressConfig(bits=4, format="dense"), 21),
+    ("int4 asymmetric", CompressConfig(bits=4, quant="asymmetric", format="dense"), 21),
+    ("sparse4 asym., 50% pruned", CompressConfig(bits=4, quant="asymmetric", sparsity=0.5), 17),
     ("sparse, 50% pruned", CompressConfig(bits=8, sparsity=0.5, format="sparse"), 17),
     ("sparse4, 50% pruned", CompressConfig(bits=4, sparsity=0.5, format="sparse"), 17),
     ("codebook 4-bit", CompressConfig(bits=4, quant="codebook"), 17),
