@@ -125,8 +125,8 @@ class Payload:
     def zeros(self) -> int:
         """How many weights decode to exactly zero."""
         if self.codes is not None:
-            zero = 0 if self.zero_point is None else self.zero_point
-            return int(self.size - np.count_nonzero(self.codes != zero))
+            nonzero = self.codes if self.zero_point is None else self.codes != self.zero_point
+            return int(self.size - np.count_nonzero(nonzero))
         if self.indices is not None:
             assert self.codebook is not None
             zero_entries = np.flatnonzero(self.codebook == 0)

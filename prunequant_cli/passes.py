@@ -198,9 +198,7 @@ def make_payload(
         and w.shape[block_axis] > config.block_size
     ):
         p.block_size, p.block_axis = config.block_size, block_axis
-        scale = quantization.per_block_scale(w, config.block_size, bits, block_axis)
-        if scale.size >= HALF_SCALE_MIN_CHANNELS and dtype != ir.DataType.FLOAT16:
-            scale = quantization.half_scale(scale)
+        scale = _stored_scale(quantization.per_block_scale(w, config.block_size, bits, block_axis))
         p.scale = scale
         full = np.repeat(scale.astype(w.dtype), config.block_size, axis=block_axis)
         p.codes = quantization.quantize(w, full, bits)
@@ -213,24 +211,26 @@ def make_payload(
     elif config.quant == "codebook":
         p.codebook, p.indices = quantization.kmeans_codebook(w, 1 << bits, keep_zero=pruned)
     elif config.quant == "asymmetric":
-        scale = quantization.asymmetric_scale(w, site.axis, bits)
-        if scale.size >= HALF_SCALE_MIN_CHANNELS and dtype != ir.DataType.FLOAT16:
-            scale = quantization.half_scale(scale)
-        p.scale = scale
-        p.zero_point = quantization.zero_point(w, site.axis, scale, bits)
-        p.codes = quantization.quantize_asymmetric(w, scale.astype(w.dtype), p.zero_point, bits)
+        p.scale = _stored_scale(quantization.asymmetric_scale(w, site.axis, bits))
+        p.zero_point = quantization.zero_point(w, site.axis, p.scale, bits)
+        p.codes = quantization.quantize(w, p.scale.astype(w.dtype), bits, p.zero_point)
     else:
         if bits <= MSE_SCALE_MAX_BITS:
             scale = quantization.mse_scale(w, site.axis, bits)
         else:
             scale = quantization.per_channel_scale(w, site.axis, bits)
-        if scale.size >= HALF_SCALE_MIN_CHANNELS and dtype != ir.DataType.FLOAT16:
-            # A float16 scale, rounded up so nothing clips, moves the step by < 0.05% and
-            # halves the scale bytes; below this many channels its Cast node costs more.
-            scale = quantization.half_scale(scale)
-        p.scale = scale
-        p.codes = quantization.quantize(w, scale.astype(w.dtype), bits)
+        p.scale = _stored_scale(scale)
+        p.codes = quantization.quantize(w, p.scale.astype(w.dtype), bits)
     return p
+
+
+def _stored_scale(scale: np.ndarray) -> np.ndarray:
+    """The scales as they are stored: float16 (rounded up so nothing clips) when there are
+    enough of them. That moves the step by < 0.05% and halves the scale bytes; below
+    HALF_SCALE_MIN_CHANNELS scales its Cast node costs more than it saves."""
+    if scale.size < HALF_SCALE_MIN_CHANNELS or scale.dtype == np.float16:
+        return scale
+    return quantization.half_scale(scale)
 
 
 class QuantizePass(_WeightPass):

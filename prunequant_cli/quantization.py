@@ -77,26 +77,25 @@ def half_scale(scale: np.ndarray) -> np.ndarray:
     return half
 
 
-def quantize(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
-    """Integer codes of ``w`` (int8, within [-qmax, qmax])."""
+def quantize(
+    w: np.ndarray, scale: np.ndarray, bits: int, zero_point: np.ndarray | None = None
+) -> np.ndarray:
+    """Integer codes of ``w`` (int8): within [-qmax, qmax], or with a ``zero_point``
+    added, within [-qmax - 1, qmax]."""
     m = qmax(bits)
     q = np.divide(w, scale, dtype=np.float32)
     np.rint(q, out=q)
-    np.clip(q, -m, m, out=q)
+    if zero_point is not None:
+        q += zero_point
+    np.clip(q, -m if zero_point is None else -m - 1, m, out=q)
     return q.astype(np.int8)
-
-
-def _range(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel ``min(w, 0)`` and ``max(w, 0)`` in float64, broadcastable."""
-    other = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
-    lo = np.minimum(w.min(axis=other, keepdims=True), 0).astype(np.float64)
-    hi = np.maximum(w.max(axis=other, keepdims=True), 0).astype(np.float64)
-    return lo, hi
 
 
 def asymmetric_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     """Per-channel scale (``w``'s dtype) spreading all ``2**bits`` codes over [lo, hi]."""
-    lo, hi = _range(w, axis)
+    other = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+    lo = np.minimum(w.min(axis=other, keepdims=True), 0).astype(np.float64)
+    hi = np.maximum(w.max(axis=other, keepdims=True), 0).astype(np.float64)
     scale = np.maximum((hi - lo) / ((1 << bits) - 1), np.finfo(w.dtype).tiny)
     scale[hi == lo] = 1.0
     return scale.astype(w.dtype)
@@ -104,21 +103,11 @@ def asymmetric_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
 
 def zero_point(w: np.ndarray, axis: int, scale: np.ndarray, bits: int) -> np.ndarray:
     """Per-channel integer code of 0 (int8) for ``scale``: ``round(-qmax - 1 - lo / scale)``."""
-    lo, _ = _range(w, axis)
+    other = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+    lo = np.minimum(w.min(axis=other, keepdims=True), 0).astype(np.float64)
     low = -qmax(bits) - 1
     zero = np.clip(np.rint(low - lo / scale.astype(np.float64)), low, qmax(bits))
     return zero.astype(np.int8)
-
-
-def quantize_asymmetric(
-    w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, bits: int
-) -> np.ndarray:
-    """Integer codes of ``w`` with a zero point (int8, within [-qmax - 1, qmax])."""
-    q = np.divide(w, scale, dtype=np.float32)
-    np.rint(q, out=q)
-    q += zero_point
-    np.clip(q, -qmax(bits) - 1, qmax(bits), out=q)
-    return q.astype(np.int8)
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:

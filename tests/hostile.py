@@ -318,50 +318,31 @@ def endless_loop(folder, outside):
     return _save(_model(nodes, [_weight(), keep]), folder)
 
 
-def allocation_bomb(folder, outside):
-    shape = numpy_helper.from_array(np.array([40000, 40000], np.int64), "shape")
+def _ones_bomb(folder, shape_init, shape_nodes=()):
+    """ConstantOfShape(shape) of ones, summed into a second output next to the MatMul."""
     nodes = [
+        *shape_nodes,
         helper.make_node(
             "ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", FLOAT, [1], [1.0])
         ),
         helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
         *_matmul(),
     ]
-    return _save(
-        _model(
-            nodes,
-            [_weight(), shape],
-            outputs=[
-                helper.make_tensor_value_info("y", FLOAT, [1, 11]),
-                helper.make_tensor_value_info("s", FLOAT, []),
-            ],
-        ),
-        folder,
-    )
+    outputs = [
+        helper.make_tensor_value_info("y", FLOAT, [1, 11]),
+        helper.make_tensor_value_info("s", FLOAT, []),
+    ]
+    return _save(_model(nodes, [_weight(), shape_init], outputs=outputs), folder)
+
+
+def allocation_bomb(folder, outside):
+    return _ones_bomb(folder, numpy_helper.from_array(np.array([40000, 40000], np.int64), "shape"))
 
 
 def runtime_bomb(folder, outside):
     """The shape is computed at run time: only the memory limit stops it."""
     half = numpy_helper.from_array(np.array([20000, 20000], np.int64), "half")
-    nodes = [
-        helper.make_node("Add", ["half", "half"], ["shape"]),
-        helper.make_node(
-            "ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", FLOAT, [1], [1.0])
-        ),
-        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
-        *_matmul(),
-    ]
-    return _save(
-        _model(
-            nodes,
-            [_weight(), half],
-            outputs=[
-                helper.make_tensor_value_info("y", FLOAT, [1, 11]),
-                helper.make_tensor_value_info("s", FLOAT, []),
-            ],
-        ),
-        folder,
-    )
+    return _ones_bomb(folder, half, [helper.make_node("Add", ["half", "half"], ["shape"])])
 
 
 # -- benign look-alikes that must work --------------------------------------------

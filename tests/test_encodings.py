@@ -39,9 +39,9 @@ def _weight(shape, sparsity, seed=0):
     return w
 
 
-def _encoded_model(encoding, shape, bits, quant, opset, sparsity):
-    """x @ W with W written by ``encoding``; the decoded W is also a graph output."""
-    w = _weight(shape, sparsity)
+def _matmul_model(w, opset):
+    """x @ W with the weight ``w``, whose decoded value is also a graph output ``w_out``."""
+    shape = w.shape
     proto = make_model(
         [
             helper.make_node("MatMul", ["x", "W"], ["y"]),
@@ -55,7 +55,13 @@ def _encoded_model(encoding, shape, bits, quant, opset, sparsity):
     )
     model = ir.serde.deserialize_model(proto)
     value = model.graph.initializers["W"]
-    site = WeightSite(value, model.graph, 1, ("MatMul",))
+    return model, value, WeightSite(value, model.graph, 1, ("MatMul",))
+
+
+def _encoded_model(encoding, shape, bits, quant, opset, sparsity):
+    """x @ W with W written by ``encoding``; the decoded W is also a graph output."""
+    w = _weight(shape, sparsity)
+    model, value, site = _matmul_model(w, opset)
     if encoding.kind == "float":
         payload = encodings.Payload("W", shape, ir.DataType.FLOAT, 1, 32, values=w)
     else:
@@ -228,20 +234,7 @@ def test_per_block_scales_decode_bit_exactly(tmp_path, name, shape):
     bits = {"int8": 8, "packed4": 4, "packed2": 2, "sparse4": 4, "coordinates": 8, "int4": 4}[name]
     sparsity = {"sparse4": 0.6, "coordinates": 0.95}.get(name, 0.0)
     w = _weight(shape, sparsity)
-    proto = make_model(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["y"]),
-            helper.make_node("Identity", ["W"], ["w_out"]),
-        ],
-        [("x", FLOAT, [2, shape[0]])],
-        [("y", FLOAT, [2, shape[1]]), ("w_out", FLOAT, list(shape))],
-        [tensor("W", w)],
-        opset=opset,
-        ir_version=10,
-    )
-    model = ir.serde.deserialize_model(proto)
-    value = model.graph.initializers["W"]
-    site = WeightSite(value, model.graph, 1, ("MatMul",))
+    model, value, site = _matmul_model(w, opset)
     payload = make_payload(w, site, CompressConfig(bits=bits, block_size=32), sparsity > 0, opset)
     if shape[0] == 64:
         assert payload.block_size == 32 and payload.scale.shape == (2, shape[1])

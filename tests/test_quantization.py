@@ -14,7 +14,6 @@ from prunequant_cli.quantization import (
     per_channel_scale,
     qmax,
     quantize,
-    quantize_asymmetric,
     zero_point,
 )
 
@@ -131,7 +130,7 @@ def _asymmetric(w, axis, bits, half=False):
     if half:
         scale = half_scale(scale).astype(w.dtype)
     zero = zero_point(w, axis, scale, bits)
-    codes = quantize_asymmetric(w, scale, zero, bits)
+    codes = quantize(w, scale, bits, zero)
     back = (codes.astype(np.float32) - zero.astype(np.float32)) * scale
     return scale, zero, codes, back
 
