@@ -216,12 +216,54 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def _output_kind(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    kinds = []
+    for text in values:
+        name, sep, kind = text.rpartition(":")
+        if not sep or not name or kind not in ("class", "tensor"):
+            raise click.BadParameter(f"{text!r} is not NAME:KIND with KIND class or tensor")
+        kinds.append((name, kind))
+    return tuple(kinds)
+
+
 evaluation_options = _options(
     click.option(
         "--data",
         type=click.Path(path_type=Path),
         help="Evaluation inputs: an .npz (arrays keyed by input name, optional 'labels'), an "
-        ".npy, or a folder of them. Without it, seeded random inputs (agreement only).",
+        ".npy, or a folder of them (files of different shapes run one by one). The report and "
+        "gates use these samples; without it, seeded random inputs (agreement only).",
+    ),
+    click.option(
+        "--calibration-data",
+        type=click.Path(path_type=Path),
+        help="What a search and --bias-correction measure on (same forms as --data). Without "
+        "it, they take a seeded split of --data and the report uses the rest.",
+    ),
+    click.option(
+        "--holdout-fraction",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.5,
+        show_default=True,
+        metavar="F",
+        help="When --data is split, the share held out for the report (stratified by label).",
+    ),
+    click.option(
+        "--metric",
+        metavar="FILE.py:FUNCTION",
+        help="A task metric, FUNCTION(reference, candidate, labels) -> float (higher is "
+        "better), over lists of {output: array} per batch; or module:function.",
+    ),
+    click.option(
+        "--output-kind",
+        "output_kinds",
+        multiple=True,
+        callback=_output_kind,
+        metavar="NAME:KIND",
+        help="Judge an output as class scores (class: top-1 agreement, accuracy) or as a "
+        "tensor (cosine, SQNR); by default class only after Softmax/LogSoftmax/ArgMax.",
     ),
     click.option(
         "--input-shape",
@@ -277,6 +319,18 @@ gate_options = _options(
         type=click.FloatRange(-1, 1),
         metavar="F",
         help="Gate: cosine similarity of every output at least F.",
+    ),
+    click.option(
+        "--min-metric",
+        type=float,
+        metavar="X",
+        help="Gate: the --metric of the compressed model at least X.",
+    ),
+    click.option(
+        "--max-metric-drop",
+        type=float,
+        metavar="D",
+        help="Gate: the --metric may fall at most D below the original model's own score.",
     ),
     click.option(
         "--min-ratio",
@@ -353,6 +407,10 @@ def _configs(opts: dict[str, Any], no_eval: bool) -> tuple[Any, Any]:
         input_shapes=opts["input_shapes"],
         label_output=opts["label_output"],
         per_layer=opts["per_layer"],
+        calibration_data=opts["calibration_data"],
+        holdout_fraction=opts["holdout_fraction"],
+        metric=opts["metric"],
+        output_kinds=opts["output_kinds"],
     )
     gates = GateConfig(
         max_accuracy_drop=opts["max_accuracy_drop"],
@@ -360,6 +418,8 @@ def _configs(opts: dict[str, Any], no_eval: bool) -> tuple[Any, Any]:
         min_cosine=opts["min_cosine"],
         min_ratio=opts["min_ratio"],
         max_latency_ratio=opts["max_latency_ratio"],
+        min_metric=opts["min_metric"],
+        max_metric_drop=opts["max_metric_drop"],
     )
     return ev, gates
 
@@ -500,17 +560,20 @@ def main() -> None:
 def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None:
     """Prune, then quantize the weights of MODEL; write OUTPUT; compare both in onnxruntime.
 
-    Given a quality budget (--max-accuracy-drop, --min-agreement, --min-cosine) and no
-    compression settings, it searches for the smallest model within the budget and writes
-    the chosen per-weight settings as a recipe; --max-accuracy-drop 0 changes no
-    prediction. With settings, the budget is a gate. A failed gate still writes OUTPUT and
-    the reports, then exits with the gate code.
+    Given a quality budget (--max-accuracy-drop, --min-agreement, --min-cosine,
+    --min-metric, --max-metric-drop) and no compression settings, it searches for the
+    smallest model within the budget on calibration samples (--calibration-data, else a
+    split of --data), verifies it on the held-out samples, and writes the chosen per-weight
+    settings as a recipe; --max-accuracy-drop 0 is lossless. With settings, the budget is a
+    gate. A failed gate still writes OUTPUT and the reports, then exits with the gate code.
 
     \b
     Examples:
       prunequant compress model.onnx small.onnx --bits 8 --data holdout.npz
       prunequant compress model.onnx small.onnx --threshold 0.01 --bits 4 --json
       prunequant compress model.onnx small.onnx --data holdout.npz --max-accuracy-drop 1
+      prunequant compress model.onnx small.onnx --calibration-data cal.npz --data holdout.npz \\
+          --metric task.py:score --max-metric-drop 0.01
       prunequant compress model.onnx small.onnx --data holdout.npz --recipe small.onnx.recipe.toml
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,12 @@ class EvalConfig:
         label_output: The output the labels refer to, when there are several.
         per_layer: Also measure the error each compressed weight introduces in
             its own layer's output.
+        calibration_data: What a search and bias correction measure on (same forms as
+            ``data``). Without it, anything that calibrates splits ``data``.
+        holdout_fraction: The share of ``data`` held out for the report when it is split.
+        metric: A task metric, ``FILE.py:FUNCTION`` or ``module:function``, called as
+            ``FUNCTION(reference, candidate, labels) -> float`` (higher is better).
+        output_kinds: ``(output, "class" | "tensor")`` pairs overriding how outputs are judged.
     """
 
     enabled: bool = True
@@ -152,10 +159,20 @@ class EvalConfig:
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     label_output: str | None = None
     per_layer: bool = False
+    calibration_data: Path | None = None
+    holdout_fraction: float = 0.5
+    metric: str | None = None
+    output_kinds: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.data is not None and not isinstance(self.data, Path):
-            object.__setattr__(self, "data", Path(self.data))  # accept str from Python callers
+        for name in ("data", "calibration_data"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))  # accept str from Python callers
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise UsageError(
+                f"--holdout-fraction must be within (0, 1), got {self.holdout_fraction}"
+            )
         if self.samples is not None and self.samples < 1:
             raise UsageError(f"--samples must be at least 1, got {self.samples}")
         if self.batch_size < 1:
@@ -176,6 +193,8 @@ class GateConfig:
         min_cosine: Least cosine similarity of every output (-1..1).
         min_ratio: Least compression ratio, original / compressed file bytes.
         max_latency_ratio: Most compressed / original median latency.
+        min_metric: Least value of the ``--metric`` task metric.
+        max_metric_drop: Most the task metric may fall below the original's own score.
     """
 
     max_accuracy_drop: float | None = None
@@ -183,12 +202,20 @@ class GateConfig:
     min_cosine: float | None = None
     min_ratio: float | None = None
     max_latency_ratio: float | None = None
+    min_metric: float | None = None
+    max_metric_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise UsageError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
             raise UsageError(f"--min-cosine must be within [-1, 1], got {self.min_cosine}")
+        for flag, value in (
+            ("--min-metric", self.min_metric),
+            ("--max-metric-drop", self.max_metric_drop),
+        ):
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{flag} must be a finite number, got {value}")
         for flag, value in (
             ("--min-ratio", self.min_ratio),
             ("--max-latency-ratio", self.max_latency_ratio),
@@ -197,20 +224,16 @@ class GateConfig:
                 raise UsageError(f"{flag} must be positive, got {value}")
 
     @property
+    def metric_given(self) -> bool:
+        return self.min_metric is not None or self.max_metric_drop is not None
+
+    @property
     def budget_given(self) -> bool:
         """A quality budget: what a search must keep."""
-        return any(
+        return self.metric_given or any(
             v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.min_cosine)
         )
 
     @property
     def needs_evaluation(self) -> bool:
-        return any(
-            v is not None
-            for v in (
-                self.max_accuracy_drop,
-                self.min_agreement,
-                self.min_cosine,
-                self.max_latency_ratio,
-            )
-        )
+        return self.budget_given or self.max_latency_ratio is not None

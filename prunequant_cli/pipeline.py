@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +114,8 @@ def _defaults(
     evaluation, gates = evaluation or EvalConfig(), gates or GateConfig()
     if gates.needs_evaluation and not evaluation.enabled:
         raise UsageError("quality and latency gates need the evaluation: drop --no-eval")
+    if gates.metric_given and evaluation.metric is None:
+        raise UsageError("--min-metric and --max-metric-drop need --metric FILE.py:FUNCTION")
     return evaluation, gates, progress or NO_PROGRESS
 
 
@@ -138,6 +142,55 @@ def _prepare(ir_model: ir.Model, densified: list[str]) -> list[str]:
     return notes
 
 
+@dataclass
+class Workspace:
+    """One loaded model and everything measured of the original, shared by the stages of
+    a run (a search and the compression it chooses load and run the original once)."""
+
+    model: ir.Model
+    path: Path | None
+    external: set[Path]
+    source: str | bytes  # what onnxruntime opens as the original
+    file_bytes: int
+    original: ModelSummary
+    zeros: dict[str, int]
+    notes: list[str]
+    comparison: Comparison | None
+
+
+def _workspace(
+    model: ModelInput,
+    out: Path,
+    evaluation: EvalConfig,
+    progress: Progress,
+    calibrate: bool = False,
+    check: Callable[[ir.Model], None] | None = None,
+) -> Workspace:
+    """Load ``model``, check ``out`` against it, prepare its weights, and (when evaluating)
+    run the original on the data. ``check`` sees the model before anything heavy runs."""
+    progress.stage("loading")
+    ir_model, in_path, in_external, densified = _load_input(model)
+    check_output_target(in_path, out, in_external)
+    if check is not None:
+        check(ir_model)
+    if in_path is not None:
+        in_bytes = in_path.stat().st_size + sum(f.stat().st_size for f in in_external)
+        source: str | bytes = str(in_path)
+    else:
+        source = ir.serde.serialize_model(ir_model).SerializeToString()
+        in_bytes = len(source)
+    comparison = None
+    if evaluation.enabled:
+        from prunequant_cli.evaluate import Comparison  # imports onnxruntime: only when needed
+
+        comparison = Comparison(source, evaluation, ir_model, calibrate=calibrate)
+    original, zeros = _float_summary(ir_model, in_bytes)
+    notes = _prepare(ir_model, densified)
+    return Workspace(
+        ir_model, in_path, in_external, source, in_bytes, original, zeros, notes, comparison
+    )
+
+
 def search(
     model: str | Path,
     output: str | Path,
@@ -152,60 +205,66 @@ def search(
     """Find per-weight settings for the smallest model within the quality budget, and write it.
 
     The budget is the quality part of ``gates`` (``max_accuracy_drop``, 0 for lossless;
-    ``min_agreement``; ``min_cosine``). The chosen settings are written as a recipe
-    (``recipe``, by default ``<output>.recipe.toml``); the model is then compressed
-    with them and verified on the full evaluation data, and ``report.passed`` says
-    whether the budget holds (the best model found is written even when it does not).
+    ``min_agreement``; ``min_cosine``; ``min_metric``/``max_metric_drop`` with a metric).
+    The search measures on calibration samples (``evaluation.calibration_data``, else a
+    split of ``evaluation.data``); the model is then verified on the held-out samples,
+    and ``report.passed`` says whether the budget holds there (the best model found is
+    written even when it does not). The chosen settings are written as a recipe
+    (``recipe``, by default ``<output>.recipe.toml``).
     """
-    from prunequant_cli.evaluate import Comparison
+    from prunequant_cli.judge import CLASS, Budget, output_kinds
     from prunequant_cli.recipe import recipe_text
-    from prunequant_cli.search import Budget, Probe, run_search
+    from prunequant_cli.search import Probe, run_search
 
-    evaluation = evaluation or EvalConfig()
-    progress = progress or NO_PROGRESS
+    evaluation, gates, progress = _defaults(evaluation, gates, progress)
     budget = Budget.from_gates(gates)
     if not budget.given or not evaluation.enabled:
         raise UsageError("a search needs a quality budget and the evaluation")
     out = Path(output)
     recipe_path = Path(recipe) if recipe is not None else out.with_name(out.name + ".recipe.toml")
-    progress.stage("loading")
-    ir_model, in_path, in_external, densified = _load_input(model)
-    check_output_target(in_path, out, in_external)
-    _prepare(ir_model, densified)
-    comparison = Comparison(str(in_path), evaluation)
-    if budget.max_accuracy_drop and comparison.labels is None:
-        raise UsageError("--max-accuracy-drop above 0 needs labels in --data")
-    sites, _ = select_weights(ir_model, exclude)
-    corrections = _bias_corrections(ir_model, sites, comparison) if bias_correction else {}
+
+    def check(m: ir.Model) -> None:
+        kinds = output_kinds(m, evaluation.label_output, evaluation.output_kinds)
+        needs_class = budget.min_agreement is not None or bool(budget.max_accuracy_drop)
+        if needs_class and not any(k.kind == CLASS for k in kinds.values()):
+            what = "--max-accuracy-drop" if budget.max_accuracy_drop else "--min-agreement"
+            raise UsageError(
+                f"{what} needs a class-score output (Softmax/LogSoftmax/ArgMax) and this "
+                "model has none: use --min-cosine F or --metric FILE.py:FN with --min-metric/"
+                "--max-metric-drop, or say which output holds class scores with "
+                "--output-kind NAME:class"
+            )
+
+    ws = _workspace(model, out, evaluation, progress, calibrate=True, check=check)
+    comparison = ws.comparison
+    assert comparison is not None and comparison.calibration_batches is not None
+    sites, _ = select_weights(ws.model, exclude)
+    corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}
     probe = Probe(
-        ir_model,
+        ws.model,
         sites,
-        comparison.batches,
-        comparison.labels,
-        evaluation.label_output,
+        comparison.calibration_batches,
+        comparison.calibration_judge,
+        {s.name: s.batch_axis for s in comparison.specs},
         evaluation.threads,
         [layer.bias for layer, _ in corrections.values()],
     )
-    result = run_search(ir_model, sites, probe, budget, time_budget, progress, corrections)
+    result = run_search(ws.model, sites, probe, budget, time_budget, progress, corrections)
+    del probe
     config = CompressConfig(
         per_tensor=result.config.per_tensor, exclude=exclude, bias_correction=bias_correction
     )
-    comment = f"chosen by a search for: {_budget_words(budget)}"
+    comment = f"chosen by a search for: {budget.words()}"
     write_text_atomic(recipe_path, recipe_text(config, comment), "recipe")
-    final_gates = GateConfig(
-        max_accuracy_drop=gates.max_accuracy_drop,
-        min_agreement=gates.min_agreement,
-        min_cosine=gates.min_cosine,
-        min_ratio=gates.min_ratio,
-        max_latency_ratio=gates.max_latency_ratio,
-    )
-    report = compress(model, out, config, evaluation, final_gates, progress)
+    report = _compress_workspace(ws, out, config, gates, progress, corrections)
     report.search = {**result.to_dict(), "recipe": str(recipe_path)}
     if not report.passed:
         missed = "; ".join(
             f"{g.name}: {g.value} vs {g.threshold:g}" for g in report.gates if not g.passed
         )
-        report.notes.append(f"the budget was not met by the best model found ({missed})")
+        report.notes.append(
+            f"the budget was not met on the held-out samples by the best model found ({missed})"
+        )
     if result.out_of_time:
         report.notes.append("--time-budget ran out: some settings were not measured")
     return report
@@ -214,14 +273,15 @@ def search(
 def _bias_corrections(
     ir_model: ir.Model, sites: list[Any], comparison: Comparison
 ) -> dict[str, tuple[Any, np.ndarray]]:
-    """Each correctable weight's layer and the mean of its input on the evaluation data."""
+    """Each correctable weight's layer and the mean of its input on the calibration data
+    (never on the held-out samples the report is measured on)."""
     from prunequant_cli.bias import activation_means, correctable
 
     layers = {s.name: c for s in sites if (c := correctable(ir_model, s.value)) is not None}
     means = activation_means(
         ir_model,
         sorted({c.activation for c in layers.values()}),
-        comparison.batches,
+        comparison.calibration_batches or [],
         comparison.config.threads,
     )
     return {n: (c, means[c.activation]) for n, c in layers.items() if c.activation in means}
@@ -231,20 +291,6 @@ def _label(config: CompressConfig) -> str:
     from prunequant_cli.search import label
 
     return label(config)
-
-
-def _budget_words(budget: Any) -> str:
-    parts = []
-    if budget.max_accuracy_drop is not None:
-        parts.append(
-            f"max accuracy drop {budget.max_accuracy_drop:g} points"
-            + (" (lossless)" if budget.lossless else "")
-        )
-    if budget.min_agreement is not None:
-        parts.append(f"min top-1 agreement {budget.min_agreement:g}")
-    if budget.min_cosine is not None:
-        parts.append(f"min cosine {budget.min_cosine:g}")
-    return ", ".join(parts)
 
 
 def compress(
@@ -278,32 +324,47 @@ def compress(
     """
     config = config or CompressConfig()
     evaluation, gates, progress = _defaults(evaluation, gates, progress)
-    started = time.perf_counter()
-    out = Path(output)
-    progress.stage("loading")
-    ir_model, in_path, in_external, densified = _load_input(model)
-    check_output_target(in_path, out, in_external)
-
-    if in_path is not None:
-        in_bytes = in_path.stat().st_size + sum(f.stat().st_size for f in in_external)
-        original_source: str | bytes = str(in_path)
-    else:
-        original_source = ir.serde.serialize_model(ir_model).SerializeToString()
-        in_bytes = len(original_source)
-    comparison = None
-    if evaluation.enabled:
-        from prunequant_cli.evaluate import Comparison  # imports onnxruntime: only when needed
-
-        comparison = Comparison(original_source, evaluation)
-    original, zeros = _float_summary(ir_model, in_bytes)
-
-    opset = ir_model.opset_imports.get("", ir_model.opset_imports.get("ai.onnx", 0))
-    if config.bits is not None and opset < MIN_OPSET:
-        raise UnsupportedModelError(
-            f"the model uses ONNX opset {opset}; quantized weights need opset "
-            f">= {MIN_OPSET} (convert it with onnx.version_converter first)"
+    if evaluation.calibration_data is not None and not config.bias_correction:
+        raise UsageError(
+            "--calibration-data is what a search or --bias-correction measures on; "
+            "with fixed settings nothing calibrates: drop it or add --bias-correction"
         )
-    notes = _prepare(ir_model, densified)
+    if config.bias_correction and not evaluation.enabled:
+        raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
+
+    def check(m: ir.Model) -> None:
+        opset = m.opset_imports.get("", m.opset_imports.get("ai.onnx", 0))
+        if config.bits is not None and opset < MIN_OPSET:
+            raise UnsupportedModelError(
+                f"the model uses ONNX opset {opset}; quantized weights need opset "
+                f">= {MIN_OPSET} (convert it with onnx.version_converter first)"
+            )
+
+    out = Path(output)
+    started = time.perf_counter()
+    ws = _workspace(model, out, evaluation, progress, calibrate=config.bias_correction, check=check)
+    return _compress_workspace(ws, out, config, gates, progress, started=started)
+
+
+def _compress_workspace(
+    ws: Workspace,
+    out: Path,
+    config: CompressConfig,
+    gates: GateConfig,
+    progress: Progress,
+    corrections: dict[str, tuple[Any, np.ndarray]] | None = None,
+    started: float | None = None,
+) -> CompressReport:
+    """Apply ``config`` to the loaded model, write ``out``, verify it, and report.
+
+    ``corrections``: bias corrections already measured (by a search) on the calibration data.
+    """
+    started = time.perf_counter() if started is None else started
+    ir_model, in_path, in_external = ws.model, ws.path, ws.external
+    in_bytes, original, zeros = ws.file_bytes, ws.original, ws.zeros
+    comparison = ws.comparison
+    notes = list(ws.notes)
+    evaluation = comparison.config if comparison is not None else None
     dense = None
     if config.prune_mode == "dense":
         dense = _prune_channels(ir_model, config, notes)
@@ -325,11 +386,11 @@ def compress(
         )
         for s in sites
     }
-    corrections = None
     if config.bias_correction:
         if comparison is None:
             raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
-        corrections = _bias_corrections(ir_model, sites, comparison)
+        if corrections is None:
+            corrections = _bias_corrections(ir_model, sites, comparison)
         if corrections:
             notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases absorb the shift")
     if dense is not None:
@@ -395,7 +456,7 @@ def compress(
     if comparison is not None:
         # Download sizes cost a pass over both files: measured when evaluating.
         original_files: list[Path | bytes] = (
-            [in_path, *in_external] if in_path is not None else [_as_bytes(original_source)]
+            [in_path, *in_external] if in_path is not None else [_as_bytes(ws.source)]
         )
         original.gzip_bytes = gzip_bytes(original_files)
         compressed.gzip_bytes = gzip_bytes(written)
@@ -407,7 +468,7 @@ def compress(
             for p in written:
                 p.unlink(missing_ok=True)
             raise EvaluationError(f"{e} (output removed)") from None
-        if evaluation.per_layer:
+        if evaluation is not None and evaluation.per_layer:
             changed = [r.name for r in records.values() if r.encoding or r.prune_method]
             _per_layer(ev, comparison, in_path, out, changed)
     meta = {
@@ -518,10 +579,12 @@ def compare(
     from prunequant_cli.evaluate import Comparison
 
     evaluation, gates, progress = _defaults(evaluation, gates, progress)
+    if evaluation.calibration_data is not None:
+        raise UsageError("compare calibrates nothing: --calibration-data does not apply")
     started = time.perf_counter()
     progress.stage("loading")
     a, b = load_model(Path(model_a)), load_model(Path(model_b))
-    comparison = Comparison(str(a.path), evaluation) if evaluation.enabled else None
+    comparison = Comparison(str(a.path), evaluation, a.model) if evaluation.enabled else None
     info_a = inspect_ir(a.model, a.path, a.file_bytes)
     info_b = inspect_ir(b.model, b.path, b.file_bytes)
     original, compressed = info_a.summary, info_b.summary

@@ -19,7 +19,7 @@ from rich.table import Table
 from prunequant_cli.encodings import describe_encoding
 from prunequant_cli.errors import safe_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -179,12 +179,19 @@ class Evaluation:
     session_rss_compressed: int | None = None
     layers: list[LayerError] | None = None
     notes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # what a search or correction fitted on
+    metric_name: str | None = None
+    quality: Any = None  # the judge's measurement (judge.Quality), which the gates read
 
     @property
     def accuracy_drop_points(self) -> float | None:
         if self.accuracy_original is None or self.accuracy_compressed is None:
             return None
         return 100.0 * (self.accuracy_original - self.accuracy_compressed)
+
+    def _interval(self, name: str) -> list[float] | None:
+        value = None if self.quality is None else getattr(self.quality, name)
+        return None if value is None else [float(value[0]), float(value[1])]
 
     @property
     def latency_ratio(self) -> float | None:
@@ -209,12 +216,32 @@ class Evaluation:
             "source": self.source,
             "samples": self.samples,
             "label_output": self.label_output,
+            "calibration": self.calibration,
+            "output_kinds": None
+            if self.quality is None
+            else {n: k.kind for n, k in self.quality.kinds.items()},
             "accuracy": None
             if self.accuracy_original is None
             else {
                 "original": self.accuracy_original,
                 "compressed": self.accuracy_compressed,
                 "drop_points": self.accuracy_drop_points,
+                "drop_interval_95": self._interval("drop_interval"),
+            },
+            "agreement": None
+            if self.quality is None or self.quality.agreement is None
+            else {
+                "output": self.label_output,
+                "top1": self.quality.agreement,
+                "interval_95": self._interval("agreement_interval"),
+            },
+            "metric": None
+            if self.quality is None or self.quality.metric_original is None
+            else {
+                "name": self.metric_name,
+                "original": self.quality.metric_original,
+                "compressed": self.quality.metric_compressed,
+                "drop": self.quality.metric_drop,
             },
             "outputs": [o.to_dict() for o in self.outputs],
             "layers": None if self.layers is None else [x.to_dict() for x in self.layers],
@@ -380,14 +407,26 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
     ev = report.evaluation
     if ev is None:
         return rows
+    q = ev.quality
     if ev.accuracy_original is not None:
         drop = ev.accuracy_drop_points or 0.0
+        interval = None if q is None else q.drop_interval
+        ci = "" if interval is None else f" (95% CI {-interval[1]:+.2f}…{-interval[0]:+.2f})"
         rows.append(
             (
                 f"accuracy ({ev.label_output})",
                 _pct(ev.accuracy_original),
                 _pct(ev.accuracy_compressed),
-                f"{-drop:+.2f} pts",
+                f"{-drop:+.2f} pts{ci}",
+            )
+        )
+    if q is not None and q.metric_original is not None:
+        rows.append(
+            (
+                f"metric ({ev.metric_name})",
+                _num(q.metric_original, ".6g"),
+                _num(q.metric_compressed, ".6g"),
+                f"{-(q.metric_drop or 0.0):+.4g}",
             )
         )
     for out in ev.outputs:
@@ -435,6 +474,28 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def evaluated_on(ev: Evaluation) -> str:
+    """Which samples the figures are measured on, and what was fitted on which."""
+    kind = "samples from the data file" if ev.source == "data" else "synthetic samples"
+    cal = ev.calibration
+    if cal is None:
+        return f"Evaluated on {ev.samples} {kind}."
+    if cal["overlap"]:
+        return (
+            f"Evaluated on {ev.samples} {kind}, the same samples it calibrated on "
+            "(in-sample, not held-out)."
+        )
+    where = {
+        "file": "--calibration-data",
+        "split": "a split of --data",
+        "synthetic": "other synthetic samples",
+    }.get(cal["source"], cal["source"])
+    return (
+        f"Evaluated on {ev.samples} held-out {kind}; calibrated on {cal['samples']} "
+        f"samples from {where}."
+    )
+
+
 def _gate_text(g: Gate) -> str:
     value = "not measured" if g.value is None else f"{g.value:.6g}"
     verdict = "passed" if g.passed else "FAILED"
@@ -462,8 +523,7 @@ def render_compress(report: CompressReport, console: Console, verbose: bool = Fa
         )
     ev = report.evaluation
     if ev is not None:
-        kind = "samples from the data file" if ev.source == "data" else "synthetic samples"
-        console.print(f"Evaluated on {ev.samples} {kind}.")
+        console.print(evaluated_on(ev))
     for note in [*report.notes, *([] if ev is None else ev.notes)]:
         console.print(f"Note: {safe_text(note, 600)}", markup=False)
     # The implicit finite-outputs gate is shown when it fails or beside requested gates.
@@ -515,7 +575,9 @@ def render_search(search: dict[str, Any], console: Console, verbose: bool) -> No
     for name, setting in search["settings"].items():
         chosen.add_row(cell(name), setting)
     console.print(chosen)
-    pareto = Table(title="size vs quality measured (Pareto points)", title_justify="left")
+    pareto = Table(
+        title="size vs quality on the calibration samples (Pareto points)", title_justify="left"
+    )
     for col, just in (
         ("configuration", "left"),
         ("weight bytes", "right"),
@@ -588,6 +650,8 @@ def markdown_report(report: CompressReport) -> str:
     m = report.meta
     if m.get("input_path") or m.get("output_path"):
         lines += [f"`{_md(str(m.get('input_path')))}` → `{_md(str(m.get('output_path')))}`", ""]
+    if report.evaluation is not None:
+        lines += [_md(evaluated_on(report.evaluation)), ""]
     lines += [f"| | {first} | {second} | change |", "| --- | ---: | ---: | ---: |"]
     lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in summary_rows(report)]
     if report.gates:

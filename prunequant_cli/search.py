@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +32,9 @@ from onnx_ir.passes.common import LiftSubgraphInitializersToMainGraphPass
 
 from prunequant_cli import encodings, pruning
 from prunequant_cli.bias import Correctable, bias_shift
-from prunequant_cli.config import CompressConfig, GateConfig
-from prunequant_cli.evaluate import closeness, open_session
-from prunequant_cli.gates import LOSSLESS_TOLERANCE
+from prunequant_cli.config import CompressConfig
+from prunequant_cli.evaluate import open_session
+from prunequant_cli.judge import Budget, Judge, Quality
 from prunequant_cli.passes import make_payload
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.selection import WeightSite
@@ -86,95 +86,29 @@ def label(config: CompressConfig) -> str:
     return name
 
 
-@dataclass
-class Quality:
-    """End-to-end quality of a configuration, against the original model."""
-
-    accuracy_drop: float | None  # points
-    agreement: float | None  # top-1, on the label (or first class-score) output
-    all_agreement: float | None  # lowest top-1 agreement over class-score outputs
-    min_cosine: float | None
-    max_relative_error: float
-    other_relative_error: float = 0.0  # largest over outputs that are not class scores
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "accuracy_drop_points": self.accuracy_drop,
-            "top1_agreement": self.agreement,
-            "min_cosine": self.min_cosine,
-            "max_relative_error": (
-                self.max_relative_error if math.isfinite(self.max_relative_error) else None
-            ),
-        }
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The quality a search must keep; ``max_accuracy_drop == 0`` is the lossless mode."""
-
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    min_cosine: float | None = None
-
-    @classmethod
-    def from_gates(cls, gates: GateConfig) -> Budget:
-        return cls(gates.max_accuracy_drop, gates.min_agreement, gates.min_cosine)
-
-    @property
-    def given(self) -> bool:
-        return any(
-            v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.min_cosine)
-        )
-
-    @property
-    def lossless(self) -> bool:
-        return self.max_accuracy_drop == 0
-
-    def holds(self, q: Quality) -> bool:
-        return not self.shortfalls(q)
-
-    def shortfalls(self, q: Quality) -> list[str]:
-        """What misses the budget, in words (empty when it holds)."""
-        out = []
-        limit = self.max_accuracy_drop
-        if limit is not None and (q.accuracy_drop is None or q.accuracy_drop > limit + 1e-9):
-            out.append(f"accuracy drop {q.accuracy_drop} > {limit} points")
-        if self.lossless:
-            if q.all_agreement is not None and q.all_agreement < 1.0:
-                out.append(f"top-1 agreement {q.all_agreement:.4f} < 1 (lossless)")
-            if q.other_relative_error > LOSSLESS_TOLERANCE:
-                out.append(
-                    f"relative error {q.other_relative_error:.3g} > {LOSSLESS_TOLERANCE} (lossless)"
-                )
-        if self.min_agreement is not None and (q.agreement or 0.0) < self.min_agreement:
-            out.append(f"top-1 agreement {q.agreement} < {self.min_agreement}")
-        if (
-            self.min_cosine is not None
-            and (q.min_cosine if q.min_cosine is not None else -1) < self.min_cosine
-        ):
-            out.append(f"cosine {q.min_cosine} < {self.min_cosine}")
-        return out
-
-
 class Probe:
-    """The original model with its weights as overridable inputs, and its reference outputs."""
+    """The original model with its weights as overridable inputs, run on the calibration
+    samples, and the judge of its outputs (the same one the gates use)."""
 
     def __init__(
         self,
         model: ir.Model,
         sites: list[WeightSite],
         batches: list[dict[str, np.ndarray]],
-        labels: np.ndarray | None,
-        label_output: str | None,
+        make_judge: Callable[[list[list[np.ndarray]]], Judge],
+        axes: Mapping[str, int | None],
         threads: int,
         extra: Sequence[ir.Value] = (),
     ) -> None:
-        """``extra``: more initializers to make overridable (biases that a correction moves)."""
+        """``make_judge`` builds the judge from the reference outputs; ``axes`` are the
+        inputs' batch axes; ``extra`` are more initializers to make overridable (biases
+        that a correction moves)."""
         # A copy whose subgraph initializers (weights inside If/Loop branches) are lifted to
         # the main graph, where they can be fed like any other; the branches still see them.
         copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
         LiftSubgraphInitializersToMainGraphPass()(copy)
         proto = ir.serde.serialize_model(copy)
+        del copy
         main = {t.name: t for t in proto.graph.initializer}
         known = {i.name for i in proto.graph.input}
         self.overridable: set[str] = set()
@@ -188,79 +122,65 @@ class Probe:
                 proto.graph.input.append(
                     onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
                 )
+        del main
         self.session = open_session(proto.SerializeToString(), threads, "original")
+        del proto
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.batches = batches
-        self.labels = labels
-        self.label_output = label_output
+        self.axes = dict(axes)
         self.subset = self._subset(batches)
         self.reference = self._run(self.batches, {})
+        self.judge = make_judge(self.reference)
+        # Sensitivity only needs how far outputs move: no labels, no metric on the subset.
+        self.subset_judge = Judge(self.outputs, self.judge.kinds)
         started = time.perf_counter()
         self.reference_subset = self._run(self.subset, {})
-        if time.perf_counter() - started > PROBE_SECONDS and len(self.subset[0]) and self._free:
+        if time.perf_counter() - started > PROBE_SECONDS and self._cuttable:
             # A heavy model: measure sensitivity on fewer samples, so every weight gets measured.
-            self.subset = [{k: v[:SUBSET_MIN] for k, v in self.subset[0].items()}]
+            self.subset = [self._cut(self.subset[0], SUBSET_MIN)]
             self.reference_subset = self._run(self.subset, {})
 
-    @property
-    def _free(self) -> bool:
-        """Whether the batch dimension is free (the subset can be cut along it)."""
-        first = next(iter(self.subset[0].values()), None)
-        return first is not None and first.ndim > 0 and first.shape[0] > SUBSET_MIN
+    def _samples(self, batch: dict[str, np.ndarray]) -> int:
+        for k, v in batch.items():
+            axis = self.axes.get(k)
+            if axis is not None and v.ndim > axis:
+                return int(v.shape[axis])
+        return 1
 
-    @staticmethod
-    def _subset(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _cut(self, batch: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        return {
+            k: v if self.axes.get(k) is None else np.take(v, range(n), axis=self.axes[k])
+            for k, v in batch.items()
+        }
+
+    @property
+    def _cuttable(self) -> bool:
+        """Whether the subset's batch can be cut to fewer samples."""
+        return bool(self.subset) and self._samples(self.subset[0]) > SUBSET_MIN
+
+    def _subset(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         chosen, count = [], 0
         for b in batches:
             chosen.append(b)
-            first = next(iter(b.values()), None)
-            count += first.shape[0] if first is not None and first.ndim else 1
+            count += self._samples(b)
             if count >= SUBSET_SAMPLES:
                 break
         return chosen
 
     def _run(
         self, batches: list[dict[str, np.ndarray]], overrides: dict[str, np.ndarray]
-    ) -> list[np.ndarray]:
-        runs = [self.session.run(None, {**feed, **overrides}) for feed in batches]
-        outputs = []
-        for i in range(len(self.outputs)):
-            parts = [np.asarray(r[i]) for r in runs]
-            joined = np.concatenate(parts) if all(p.ndim for p in parts) else np.stack(parts)
-            outputs.append(joined)
-        return outputs
+    ) -> list[list[np.ndarray]]:
+        return [
+            [np.asarray(y) for y in self.session.run(None, {**feed, **overrides})]
+            for feed in batches
+        ]
 
     def quality(self, overrides: dict[str, np.ndarray], subset: bool = False) -> Quality:
-        ref = self.reference_subset if subset else self.reference
-        got = self._run(self.subset if subset else self.batches, overrides)
-        cosines, errors, other_errors, agreements = [], [], [], {}
-        for name, a, b in zip(self.outputs, ref, got, strict=True):
-            if a.dtype.kind not in "fiub":
-                continue
-            cos, rel, _ = closeness(a, b)
-            cosines.append(cos)
-            error = math.inf if rel is None else rel
-            errors.append(error)
-            if a.ndim == 2 and a.shape[1] > 1 and a.dtype.kind == "f":
-                agreements[name] = float(np.mean(a.argmax(1) == b.argmax(1)))
-            else:
-                other_errors.append(error)
-        key = self.label_output if self.label_output in agreements else next(iter(agreements), None)
-        drop = None
-        if self.labels is not None and key is not None and not subset:
-            i = self.outputs.index(key)
-            labels = self.labels[: len(ref[i])]
-            drop = 100.0 * (
-                np.mean(ref[i].argmax(1) == labels) - np.mean(got[i].argmax(1) == labels)
-            )
-        return Quality(
-            accuracy_drop=None if drop is None else float(drop),
-            agreement=agreements.get(key) if key else None,
-            all_agreement=min(agreements.values()) if agreements else None,
-            min_cosine=min(cosines) if cosines else None,
-            max_relative_error=max(errors) if errors else 0.0,
-            other_relative_error=max(other_errors) if other_errors else 0.0,
-        )
+        if subset:
+            got = self._run(self.subset, overrides)
+            return self.subset_judge.measure(self.reference_subset, got, detailed=False)
+        got = self._run(self.batches, overrides)
+        return self.judge.measure(self.reference, got, detailed=False)
 
 
 @dataclass
@@ -286,13 +206,8 @@ class SearchResult:
     def to_dict(self) -> dict[str, Any]:
         pareto = _pareto(self.tried)
         return {
-            "budget": {
-                "max_accuracy_drop": self.budget.max_accuracy_drop,
-                "min_agreement": self.budget.min_agreement,
-                "min_cosine": self.budget.min_cosine,
-                "lossless": self.budget.lossless,
-                "lossless_tolerance": LOSSLESS_TOLERANCE if self.budget.lossless else None,
-            },
+            "budget": self.budget.to_dict(),
+            "measured_on": "calibration",
             "chosen": self.chosen,
             "quality": self.quality.to_dict(),
             "settings": {name: label(c) for name, c in sorted(self.config.per_tensor.items())},
@@ -320,7 +235,8 @@ def _pareto(tried: list[tuple[str, int, Quality]]) -> set[tuple[str, int]]:
     measured, else the largest output relative error)."""
 
     def badness(q: Quality) -> float:
-        return q.accuracy_drop if q.accuracy_drop is not None else q.max_relative_error
+        drop = q.accuracy_drop_points
+        return drop if drop is not None else q.max_relative_error
 
     front = set()
     for lab, b, q in tried:
@@ -478,8 +394,9 @@ def run_search(
             overrides.update(cache[key])
         q = probe.quality(overrides)
         keep = {(n, id(o)) for n, o in best_state.items()}
+        held = budget.holds(q, strict=True)
         for key in [k for k in cache if k not in keep]:
-            if key not in {(n, id(o)) for n, o in state.items()} or not budget.holds(q):
+            if key not in {(n, id(o)) for n, o in state.items()} or not held:
                 del cache[key]
         del overrides
         tried.append((lab, weight_bytes(state), q))
@@ -501,7 +418,7 @@ def run_search(
             match = [o for o in opts if o.config is config]
             state[name] = match[0] if match else opts[0]
         q = measure(f"all {label(config)}", state)
-        if budget.holds(q) and weight_bytes(state) < weight_bytes(best_state):
+        if budget.holds(q, strict=True) and weight_bytes(state) < weight_bytes(best_state):
             best_state, best_q = state, q
     # Binary search for the longest prefix of the path within the budget.
     lo, hi = 0, len(steps)
@@ -509,7 +426,7 @@ def run_search(
         mid = (lo + hi + 1) // 2
         state = state_at(mid)
         q = measure(f"path step {mid}/{len(steps)}", state)
-        if budget.holds(q):
+        if budget.holds(q, strict=True):
             lo = mid
             if weight_bytes(state) < weight_bytes(best_state):
                 best_state, best_q = state, q
@@ -532,7 +449,7 @@ def run_search(
         _, name, move = min(moves, key=lambda m: (m[0], m[1]))
         state = {**best_state, name: move}
         q = measure(f"refine {name} → {label(move.config)}", state)
-        if budget.holds(q):
+        if budget.holds(q, strict=True):
             best_state, best_q = state, q
         else:
             rejected.add((name, id(move)))

@@ -12,7 +12,7 @@ passed=0
 fail() { echo "ci_contract: FAILED: $*" >&2; echo "ci_contract: $passed passed, 1 failed"; exit 1; }
 
 # 1. Gates that hold: exit 0, exactly one JSON document on stdout, a Markdown summary.
-prunequant compress "$model" "$work/ok.onnx" --data "$data" --json --report "$work/ok.md" \
+prunequant compress "$model" "$work/ok.onnx" --bits 8 --data "$data" --json --report "$work/ok.md" \
   --max-accuracy-drop 1 --min-agreement 0.98 --min-ratio 3 >"$work/ok.json" 2>"$work/ok.err"
 rc=$?
 [ "$rc" -eq 0 ] || fail "passing gates exited $rc: $(cat "$work/ok.err")"

@@ -26,7 +26,7 @@ def test_compress_json_is_one_document_on_stdout(tmp_path):
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert r.stderr == ""
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["command"] == "compress"
     assert isinstance(doc["original"]["file_bytes"], int)
     assert doc["compressed"]["file_bytes"] == out.stat().st_size
@@ -199,8 +199,11 @@ def test_non_tensor_and_integer_outputs_are_compared(tmp_path):
     assert r.exit_code == 0, r.stderr
     outputs = json.loads(r.stdout)["evaluation"]["outputs"]
     assert [o["name"] for o in outputs] == ["scores", "label"]
-    assert outputs[0]["top1_agreement"] == 1.0
-    assert outputs[1]["max_abs_error"] == 0.0
+    # Only the ArgMax output is class scores; the MatMul output is a tensor.
+    assert outputs[0]["top1_agreement"] is None and outputs[0]["cosine"] > 0.99
+    assert outputs[1]["top1_agreement"] == 1.0 and outputs[1]["max_abs_error"] == 0.0
+    kinds = json.loads(r.stdout)["evaluation"]["output_kinds"]
+    assert kinds == {"scores": "tensor", "label": "class"}
 
 
 @pytest.mark.parametrize(

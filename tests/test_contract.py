@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from helpers import ROOT, SAMPLES
@@ -37,6 +38,8 @@ def test_gates_that_hold_exit_0(tmp_path):
         "compress",
         CNN,
         tmp_path / "o.onnx",
+        "--bits",
+        "8",
         "--data",
         CNN_DATA,
         "--json",
@@ -91,13 +94,35 @@ def test_failed_gate_exits_8_and_still_writes_everything(tmp_path):
     assert r.stderr.strip() == "prunequant: gate failed: --max-accuracy-drop"
 
 
-def test_a_gate_that_cannot_be_measured_fails(tmp_path):
+def test_an_accuracy_gate_without_labels_measures_against_the_original(tmp_path):
     r = run(
-        "compress", CNN, tmp_path / "o.onnx", "--bits", "8", "--json", "--max-accuracy-drop", "1"
+        "compress", CNN, tmp_path / "o.onnx", "--bits", "2", "--json", "--max-accuracy-drop", "1"
     )
     assert r.exit_code == 8
     (gate,) = [g for g in doc_of(r)["gates"] if g["name"] == "--max-accuracy-drop"]
-    assert gate["value"] is None and "labels" in gate["reason"]
+    assert gate["value"] > 1 and "against the original model's top-1" in gate["reason"]
+    agreement = doc_of(r)["evaluation"]["agreement"]["top1"]
+    assert gate["value"] == pytest.approx(100 * (1 - agreement))
+
+
+def test_a_gate_that_cannot_be_measured_fails(tmp_path):
+    from helpers import FLOAT, make_model, rand, tensor
+    from onnx import helper
+
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["embedding"])],
+        [("x", FLOAT, ["N", 4])],
+        [("embedding", FLOAT, ["N", 3])],
+        [tensor("W", rand((4, 3)))],
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    r = run(
+        "compress", src, tmp_path / "o.onnx", "--bits", "8", "--json", "--max-accuracy-drop", "1"
+    )
+    assert r.exit_code == 8
+    (gate,) = [g for g in doc_of(r)["gates"] if g["name"] == "--max-accuracy-drop"]
+    assert gate["value"] is None and "--min-cosine" in gate["reason"]
 
 
 def test_quality_gates_need_the_evaluation(tmp_path):

@@ -1,0 +1,724 @@
+"""One judge for the search and the gates: what each output is, how far a candidate moved
+from the reference, and whether a budget holds.
+
+What an output *is* decides how it is judged:
+
+- **class scores** (``class``): produced by Softmax, LogSoftmax or ArgMax (through
+  shape-only ops such as Reshape, Flatten, Transpose, Identity, Cast), named by
+  ``--label-output``, or the only ``[batch, classes]`` output of a model whose data has
+  labels. Judged by top-1 agreement with the original (per position for sequences,
+  ``[batch, time, classes]``) and, with labels, accuracy.
+- **tensors** (``tensor``): everything else numeric (embeddings, boxes, masks, logits of
+  unknown meaning). Judged by cosine, relative error and SQNR.
+
+``--output-kind NAME:KIND`` overrides either. The lossless budget (``--max-accuracy-drop
+0``) means: no class prediction changes, and every tensor output within
+``LOSSLESS_TENSOR_TOLERANCE`` relative error (SQNR of at least 40 dB).
+
+Everything is computed in float64 over all batches, in order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from prunequant_cli.errors import UsageError, safe_text
+from prunequant_cli.report import Gate, OutputMetrics
+
+CLASS, TENSOR = "class", "tensor"
+OUTPUT_KINDS = (CLASS, TENSOR)
+
+# Lossless for tensor outputs: the change stays below 1% of the output's norm (SQNR >= 40 dB).
+LOSSLESS_TENSOR_TOLERANCE = 1e-2
+# The share of a cosine or metric-drop budget a search keeps in reserve for unseen samples.
+RESERVE = 0.1
+NEAR_FLIP = 4
+
+
+# Ops whose output is class scores (or class ids), and ops that only move values around.
+_CLASS_OPS = {"Softmax", "LogSoftmax", "ArgMax", "ArgMin"}
+_SHAPE_OPS = {
+    "Identity",
+    "Cast",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Dropout",
+}
+
+Batches = Sequence[Sequence[np.ndarray]]  # per batch, one array per output
+MetricFn = Callable[[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], Any], float]
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """How one output is judged, and why."""
+
+    kind: str  # CLASS or TENSOR
+    axis: int = -1  # the class axis of class scores
+    indices: bool = False  # the values are class ids already (ArgMax)
+    reason: str = "numeric output"
+
+
+def output_kinds(
+    model: Any,
+    label_output: str | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
+) -> dict[str, OutputKind]:
+    """The kind of every output of the onnx_ir ``model`` (see the module docstring)."""
+    graph = model.graph
+    names = [v.name or "" for v in graph.outputs]
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+    kinds: dict[str, OutputKind] = {}
+    for value in graph.outputs:
+        kinds[value.name or ""] = _traced_kind(value, opset)
+    for name, kind in overrides:
+        if name not in kinds:
+            raise UsageError(
+                f"--output-kind names no model output: {safe_text(name)!r} "
+                f"(outputs: {safe_text(', '.join(names))})"
+            )
+        if kind not in OUTPUT_KINDS:
+            raise UsageError(f"--output-kind KIND must be class or tensor, got {safe_text(kind)!r}")
+        kinds[name] = OutputKind(kind, reason="--output-kind")
+    if label_output is not None:
+        if label_output not in kinds:
+            raise UsageError(
+                f"--label-output names no model output: {safe_text(label_output)!r} "
+                f"(outputs: {safe_text(', '.join(names))})"
+            )
+        if kinds[label_output].kind != CLASS:
+            kinds[label_output] = OutputKind(CLASS, reason="--label-output")
+    return kinds
+
+
+def _traced_kind(value: Any, opset: int) -> OutputKind:
+    """Class scores when a Softmax/LogSoftmax/ArgMax produces ``value`` (through shape ops)."""
+    node, moved = value.producer(), False
+    for _ in range(16):
+        if node is None:
+            break
+        if node.op_type in _CLASS_OPS and node.domain in ("", "ai.onnx"):
+            default = -1 if opset >= 13 or node.op_type.startswith("Arg") else 1
+            attr = node.attributes.get("axis")
+            axis = default if attr is None else int(attr.value)
+            if node.op_type.startswith("Arg"):
+                return OutputKind(CLASS, axis, indices=True, reason=node.op_type)
+            rank = _rank(node.outputs[0])
+            if moved or (rank is not None and axis in (rank - 1, -1)):
+                axis = -1
+            return OutputKind(CLASS, axis, reason=node.op_type)
+        if node.op_type not in _SHAPE_OPS or not node.inputs or node.inputs[0] is None:
+            break
+        moved = moved or node.op_type not in ("Identity", "Cast", "Dropout")
+        node = node.inputs[0].producer()
+    return OutputKind(TENSOR)
+
+
+def _rank(value: Any) -> int | None:
+    shape = getattr(value, "shape", None)
+    return None if shape is None else len(shape)
+
+
+def infer_from_labels(kinds: dict[str, OutputKind], shapes: Mapping[str, tuple[Any, ...]]) -> str:
+    """With labels and no class output, the only ``[batch, classes]`` output is what they
+    label; returns its name ('' when there is none or several)."""
+    if any(k.kind == CLASS for k in kinds.values()):
+        return ""
+    two_d = [n for n, s in shapes.items() if len(s) == 2 and n in kinds]
+    if len(two_d) != 1:
+        return ""
+    kinds[two_d[0]] = OutputKind(CLASS, reason="labels")
+    return two_d[0]
+
+
+@dataclass
+class Metric:
+    """A user's task metric: ``fn(reference, candidate, labels) -> float``, higher is better."""
+
+    name: str
+    fn: MetricFn
+
+    def __call__(
+        self,
+        outputs: Sequence[str],
+        reference: Batches,
+        candidate: Batches,
+        labels: Any,
+    ) -> float:
+        ref = [dict(zip(outputs, b, strict=True)) for b in reference]
+        got = [dict(zip(outputs, b, strict=True)) for b in candidate]
+        try:
+            value = self.fn(ref, got, labels)
+        except Exception as e:
+            raise UsageError(
+                f"--metric {safe_text(self.name)} raised {type(e).__name__}: {safe_text(e, 300)}"
+            ) from None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise UsageError(
+                f"--metric {safe_text(self.name)} must return a finite number, "
+                f"got {safe_text(repr(value), 80)}"
+            )
+        return number
+
+
+@dataclass
+class Quality:
+    """Everything the judge measured of a candidate against the reference.
+
+    ``agreement`` is top-1 agreement on the label output (else the lowest over class
+    outputs) with ``agreement_counts`` = (agreeing, total) positions; with labels,
+    ``paired`` = (both right, only the original right, only the candidate right, neither),
+    the table behind the accuracy drop's confidence interval.
+    """
+
+    outputs: list[OutputMetrics]
+    kinds: dict[str, OutputKind]
+    samples: int
+    label_output: str | None = None
+    agreement: float | None = None
+    agreement_counts: tuple[int, int] | None = None
+    accuracy_original: float | None = None
+    accuracy_compressed: float | None = None
+    paired: tuple[int, int, int, int] | None = None
+    metric_original: float | None = None
+    metric_compressed: float | None = None
+    at_risk: int = 0  # class predictions moved by at least half their original margin
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        """Points lost against the labels; without labels, against the original's top-1."""
+        if self.accuracy_original is not None and self.accuracy_compressed is not None:
+            return 100.0 * (self.accuracy_original - self.accuracy_compressed)
+        if self.agreement is not None:
+            return 100.0 * (1.0 - self.agreement)
+        return None
+
+    @property
+    def loss_points(self) -> float | None:
+        """Points of samples the candidate got wrong that the original got right, not
+        offset by the ones it fixed by chance (with no labels, the changed predictions)."""
+        if self.paired is not None:
+            total = sum(self.paired)
+            return 100.0 * self.paired[1] / total if total else 0.0
+        if self.agreement is not None:
+            return 100.0 * (1.0 - self.agreement)
+        return None
+
+    @property
+    def drop_against(self) -> str | None:
+        """What the accuracy drop is measured against: 'labels', 'original' or None."""
+        if self.accuracy_original is not None:
+            return "labels"
+        return "original" if self.agreement is not None else None
+
+    @property
+    def drop_interval(self) -> tuple[float, float] | None:
+        """95% confidence interval of the accuracy drop, in points."""
+        if self.paired is not None:
+            lo, hi = paired_difference_interval(*self.paired)
+            return 100.0 * lo, 100.0 * hi
+        if self.agreement_counts is not None:
+            k, n = self.agreement_counts
+            lo, hi = wilson_interval(n - k, n)
+            return 100.0 * lo, 100.0 * hi
+        return None
+
+    @property
+    def agreement_interval(self) -> tuple[float, float] | None:
+        if self.agreement_counts is None:
+            return None
+        return wilson_interval(*self.agreement_counts)
+
+    @property
+    def metric_drop(self) -> float | None:
+        if self.metric_original is None or self.metric_compressed is None:
+            return None
+        return self.metric_original - self.metric_compressed
+
+    @property
+    def min_cosine(self) -> float | None:
+        values = [o.cosine for o in self.outputs if o.cosine is not None]
+        return min(values) if values else None
+
+    @property
+    def max_relative_error(self) -> float:
+        """Largest output relative error (inf when an output became non-finite)."""
+        worst = 0.0
+        for o in self.outputs:
+            if o.nonfinite:
+                return math.inf
+            if o.relative_error is not None:
+                worst = max(worst, o.relative_error)
+            elif o.cosine is not None and o.cosine < 1.0:
+                return math.inf
+        return worst
+
+    def to_dict(self) -> dict[str, Any]:
+        rel = self.max_relative_error
+        return {
+            "accuracy_drop_points": self.accuracy_drop_points,
+            "accuracy_drop_against": self.drop_against,
+            "top1_agreement": self.agreement,
+            "min_cosine": self.min_cosine,
+            "max_relative_error": rel if math.isfinite(rel) else None,
+            "metric": self.metric_compressed,
+        }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference_interval(
+    a: int, b: int, c: int, d: int, z: float = 1.96
+) -> tuple[float, float]:
+    """95% interval of p1 - p2, two proportions measured on the same samples.
+
+    The 2×2 table: ``a`` both right, ``b`` only the first right, ``c`` only the second,
+    ``d`` neither. Newcombe's method 10 (1998): Wilson score intervals of p1 and p2,
+    combined with the correlation of the pairs; it stays inside [-1, 1] and behaves at
+    0 and n discordant pairs, where the normal approximation does not.
+    """
+    n = a + b + c + d
+    if n <= 0:
+        return -1.0, 1.0
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, z)
+    l2, u2 = wilson_interval(a + c, n, z)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(margins) if margins else 0.0
+    diff = p1 - p2
+    lower = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    upper = (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2
+    return max(-1.0, diff - math.sqrt(max(lower, 0.0))), min(1.0, diff + math.sqrt(max(upper, 0.0)))
+
+
+def _class_ids(a: np.ndarray, kind: OutputKind) -> np.ndarray | None:
+    if kind.indices:
+        return a.astype(np.int64, copy=False) if a.dtype.kind in "iub" else None
+    if a.dtype.kind != "f" or a.ndim == 0 or a.shape[kind.axis] < 2:
+        return None
+    return a.argmax(axis=kind.axis)
+
+
+def closeness(x: np.ndarray, y: np.ndarray) -> tuple[float, float | None, float | None]:
+    """(cosine, relative error, SQNR in dB) of ``y`` against reference ``x``, in float64.
+
+    Non-finite values in ``y`` give cosine 0 and no relative error or SQNR; the
+    SQNR of identical arrays is infinite and reported as None.
+    """
+    x = x.astype(np.float64).reshape(-1)
+    y = y.astype(np.float64).reshape(-1)
+    if not np.isfinite(y).all():
+        return 0.0, None, None
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0 and ny == 0:
+        cosine = 1.0
+    elif nx == 0 or ny == 0:
+        cosine = 0.0
+    else:
+        cosine = float(np.clip(np.dot(x, y) / (nx * ny), -1.0, 1.0))
+    noise = float(np.linalg.norm(x - y))
+    relative = noise / nx if nx else (0.0 if noise == 0 else None)
+    sqnr = None if noise == 0 else (20 * np.log10(nx / noise) if nx else None)
+    return cosine, relative, None if sqnr is None else float(sqnr)
+
+
+@dataclass
+class Judge:
+    """Judges candidates against one reference run: the outputs, their kinds, the labels."""
+
+    outputs: list[str]
+    kinds: dict[str, OutputKind]
+    labels: np.ndarray | None = None
+    metric: Metric | None = None
+    label_output: str | None = None
+    _metric_reference: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        classes = [n for n in self.outputs if self.kinds.get(n, OutputKind(TENSOR)).kind == CLASS]
+        if self.label_output is None and classes:
+            named = [n for n in classes if self.kinds[n].reason == "--label-output"]
+            self.label_output = (named or classes)[0]
+
+    def class_outputs(self) -> list[str]:
+        return [n for n in self.outputs if self.kinds.get(n, OutputKind(TENSOR)).kind == CLASS]
+
+    def measure(self, reference: Batches, candidate: Batches, detailed: bool = True) -> Quality:
+        """Quality of ``candidate`` (per batch, one array per output) against ``reference``."""
+        samples = sum(_samples(b) for b in reference)
+        metrics: list[OutputMetrics] = []
+        agreements: dict[str, tuple[int, int]] = {}
+        at_risk = 0
+        ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for i, name in enumerate(self.outputs):
+            a = [np.asarray(b[i]) for b in reference]
+            c = [np.asarray(b[i]) for b in candidate]
+            kind = self.kinds.get(name, OutputKind(TENSOR))
+            m = _numeric(name, a, c, detailed)
+            if kind.kind == CLASS and m is not None:
+                pa = [_class_ids(t, kind) for t in a]
+                pc = [_class_ids(t, kind) for t in c]
+                flat_a, flat_c = _flat(pa), _flat(pc)
+                if flat_a is not None and flat_c is not None and flat_a.size == flat_c.size:
+                    same = int(np.count_nonzero(flat_a == flat_c))
+                    agreements[name] = (same, int(flat_a.size))
+                    m.top1_agreement = same / flat_a.size if flat_a.size else None
+                    ids[name] = (flat_a, flat_c)
+                    if not kind.indices:
+                        at_risk += _at_risk(a, c, kind.axis)
+                    if detailed and not kind.indices:
+                        m.top5_agreement = _top5(a, c, kind.axis)
+            metrics.append(m if m is not None else OutputMetrics(name))
+        q = Quality(metrics, self.kinds, samples, label_output=self.label_output, at_risk=at_risk)
+        key = self.label_output if self.label_output in agreements else None
+        if key is not None:
+            q.agreement_counts = agreements[key]
+        elif agreements:
+            q.agreement_counts = min(agreements.values(), key=lambda t: t[0] / max(t[1], 1))
+        if q.agreement_counts is not None and q.agreement_counts[1]:
+            q.agreement = q.agreement_counts[0] / q.agreement_counts[1]
+        if self.labels is not None and key is not None and key in ids:
+            self._accuracy(q, *ids[key])
+        if self.metric is not None:
+            if self._metric_reference is None:
+                ref = self.metric(self.outputs, reference, reference, self.labels)
+                self._metric_reference = ref
+            q.metric_original = self._metric_reference
+            q.metric_compressed = self.metric(self.outputs, reference, candidate, self.labels)
+        return q
+
+    def _accuracy(self, q: Quality, pa: np.ndarray, pc: np.ndarray) -> None:
+        labels = np.asarray(self.labels).reshape(-1)
+        if labels.shape != pa.shape:
+            return  # checked when the data was loaded; a subset may not carry them
+        right_a, right_c = pa == labels, pc == labels
+        q.accuracy_original = float(np.mean(right_a)) if right_a.size else None
+        q.accuracy_compressed = float(np.mean(right_c)) if right_c.size else None
+        q.paired = (
+            int(np.count_nonzero(right_a & right_c)),
+            int(np.count_nonzero(right_a & ~right_c)),
+            int(np.count_nonzero(~right_a & right_c)),
+            int(np.count_nonzero(~right_a & ~right_c)),
+        )
+
+    def check_labels(self, reference: Batches) -> None:
+        """Labels must fit the label output's predictions: integer class ids, same shape."""
+        if self.labels is None or self.metric is not None:
+            return
+        key = self.label_output
+        if key is None:
+            raise UsageError(
+                "the data has labels, but no output is class scores: name it with "
+                "--label-output or --output-kind NAME:class, or score with --metric"
+            )
+        kind = self.kinds[key]
+        i = self.outputs.index(key)
+        preds = [_class_ids(np.asarray(b[i]), kind) for b in reference]
+        flat = _flat(preds)
+        if flat is None:
+            raise UsageError(f"output {safe_text(key)!r} does not hold class scores for the labels")
+        labels = np.asarray(self.labels)
+        if labels.dtype.kind not in "iu":
+            raise UsageError(f"labels must be integer class ids, got {labels.dtype}")
+        shape = preds[0].shape if len(preds) == 1 and preds[0] is not None else (flat.size,)
+        if labels.size != flat.size or (len(preds) == 1 and labels.shape != shape):
+            raise UsageError(
+                f"labels have shape {'×'.join(map(str, labels.shape))} but the predictions of "
+                f"{safe_text(key)!r} have shape {'×'.join(map(str, shape))}"
+            )
+
+
+def _flat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The class ids of all batches in one flat array (None if any batch has none)."""
+    if not parts or any(p is None for p in parts):
+        return None
+    return np.concatenate([p.reshape(-1) for p in parts if p is not None])
+
+
+def _samples(batch: Sequence[np.ndarray]) -> int:
+    first = next((np.asarray(a) for a in batch if np.asarray(a).ndim), None)
+    return int(first.shape[0]) if first is not None else 1
+
+
+def _numeric(
+    name: str, a: list[np.ndarray], b: list[np.ndarray], detailed: bool
+) -> OutputMetrics | None:
+    if any(t.dtype.kind not in "fiub" for t in (*a, *b)):  # strings, maps, sequences
+        return None
+    x = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in a])
+    y = np.concatenate([np.asarray(t, dtype=np.float64).reshape(-1) for t in b])
+    m = OutputMetrics(name, nonfinite=int(np.count_nonzero(~np.isfinite(y) & np.isfinite(x))))
+    if x.size == 0:
+        return m
+    if detailed:
+        diff = np.abs(x - y)
+        m.max_abs_error = float(diff.max())
+        m.mean_abs_error = float(diff.mean())
+    m.cosine, m.relative_error, m.sqnr_db = closeness(x, y)
+    return m
+
+
+def _top5(a: list[np.ndarray], b: list[np.ndarray], axis: int) -> float | None:
+    hits, total = 0, 0
+    for ta, tb in zip(a, b, strict=True):
+        k = min(5, ta.shape[axis])
+        top_a = np.expand_dims(ta.argmax(axis=axis), axis)
+        top_b = np.take(np.argsort(-tb, axis=axis, kind="stable"), range(k), axis=axis)
+        hits += int(np.count_nonzero((top_b == top_a).any(axis=axis)))
+        total += top_a.size
+    return hits / total if total else None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The quality a model must keep; ``max_accuracy_drop == 0`` is the lossless mode."""
+
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    min_cosine: float | None = None
+    min_metric: float | None = None
+    max_metric_drop: float | None = None
+
+    @classmethod
+    def from_gates(cls, gates: Any) -> Budget:
+        return cls(
+            gates.max_accuracy_drop,
+            gates.min_agreement,
+            gates.min_cosine,
+            gates.min_metric,
+            gates.max_metric_drop,
+        )
+
+    @property
+    def given(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.max_accuracy_drop,
+                self.min_agreement,
+                self.min_cosine,
+                self.min_metric,
+                self.max_metric_drop,
+            )
+        )
+
+    @property
+    def lossless(self) -> bool:
+        return self.max_accuracy_drop == 0
+
+    def holds(self, q: Quality, strict: bool = False) -> bool:
+        return all(g.passed for g in self.verdicts(q, strict))
+
+    def shortfalls(self, q: Quality, strict: bool = False) -> list[str]:
+        return [f"{g.name}: {g.reason}" for g in self.verdicts(q, strict) if not g.passed]
+
+    def verdicts(self, q: Quality | None, strict: bool = False) -> list[Gate]:
+        """One gate per part of the budget, measured on ``q`` (None: not evaluated).
+
+        ``strict`` is what the search holds its calibration samples to, so that its choice
+        carries over to samples it never saw (a search picks the configuration that just
+        fits, and what just fits by chance does not carry over):
+
+        - an accuracy drop counts only the predictions the candidate breaks, never those
+          it fixes by chance;
+        - top-1 agreement counts every prediction moved by half its original margin
+          (the gap between its top two scores) as changed;
+
+        - lossless also wants no class prediction moved by half its original margin;
+        - a cosine or metric-drop budget keeps 10% of its allowance in reserve.
+        """
+        gates = []
+        if self.lossless:
+            gates.append(_lossless(q, strict))
+        elif self.max_accuracy_drop is not None:
+            gates.append(_accuracy_gate(q, self.max_accuracy_drop, strict))
+        if self.min_agreement is not None:
+            value = None if q is None else q.agreement
+            if strict and value is not None and q is not None and q.agreement_counts:
+                # near-flips foretell the flips of unseen samples
+                value = min(value, 1.0 - q.at_risk / max(q.agreement_counts[1], 1))
+            gates.append(
+                _bound(
+                    "--min-agreement",
+                    self.min_agreement,
+                    value,
+                    value is None or value >= self.min_agreement,
+                    "no top-1 agreement: no output is class scores "
+                    "(name one with --output-kind NAME:class)",
+                )
+            )
+        if self.min_cosine is not None:
+            value = None if q is None else q.min_cosine
+            if strict and value is not None:
+                value -= RESERVE * (1 - self.min_cosine)
+            gates.append(
+                _bound(
+                    "--min-cosine",
+                    self.min_cosine,
+                    value,
+                    value is None or value >= self.min_cosine,
+                    "no numeric output to compare",
+                )
+            )
+        if self.min_metric is not None:
+            value = None if q is None else q.metric_compressed
+            gates.append(
+                _bound(
+                    "--min-metric",
+                    self.min_metric,
+                    value,
+                    value is None or value >= self.min_metric,
+                    "no --metric measured",
+                )
+            )
+        if self.max_metric_drop is not None:
+            value = None if q is None else q.metric_drop
+            if strict and value is not None:
+                value += RESERVE * abs(self.max_metric_drop)
+            gates.append(
+                _bound(
+                    "--max-metric-drop",
+                    self.max_metric_drop,
+                    value,
+                    value is None or value <= self.max_metric_drop + 1e-12,
+                    "no --metric measured",
+                )
+            )
+        return gates
+
+    def words(self) -> str:
+        parts = []
+        if self.max_accuracy_drop is not None:
+            parts.append(
+                f"max accuracy drop {self.max_accuracy_drop:g} points"
+                + (" (lossless)" if self.lossless else "")
+            )
+        if self.min_agreement is not None:
+            parts.append(f"min top-1 agreement {self.min_agreement:g}")
+        if self.min_cosine is not None:
+            parts.append(f"min cosine {self.min_cosine:g}")
+        if self.min_metric is not None:
+            parts.append(f"min metric {self.min_metric:g}")
+        if self.max_metric_drop is not None:
+            parts.append(f"max metric drop {self.max_metric_drop:g}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "min_agreement": self.min_agreement,
+            "min_cosine": self.min_cosine,
+            "min_metric": self.min_metric,
+            "max_metric_drop": self.max_metric_drop,
+            "lossless": self.lossless,
+            "lossless_tolerance": LOSSLESS_TENSOR_TOLERANCE if self.lossless else None,
+        }
+
+
+def _bound(name: str, threshold: float, value: float | None, ok: bool, missing: str) -> Gate:
+    if value is None:
+        return Gate(name, threshold, None, False, missing)
+    reason = None if ok else f"missed by {abs(value - threshold):.3g}"
+    return Gate(name, threshold, value, ok, reason)
+
+
+def _accuracy_gate(q: Quality | None, limit: float, strict: bool = False) -> Gate:
+    name = "--max-accuracy-drop"
+    if q is None:
+        return Gate(name, limit, None, False, "not evaluated")
+    drop = q.loss_points if strict else q.accuracy_drop_points
+
+    if drop is None:
+        return Gate(
+            name,
+            limit,
+            None,
+            False,
+            "no class-score output to measure accuracy on: use --min-cosine or --metric, "
+            "or name the output with --output-kind NAME:class",
+        )
+    passed = drop <= limit + 1e-9
+    notes = []
+    if q.drop_against == "original":
+        notes.append("no labels: measured against the original model's top-1 predictions")
+    interval = q.drop_interval
+    if interval is not None and interval[0] <= limit < interval[1]:
+        notes.append(
+            f"95% interval [{interval[0]:.2f}, {interval[1]:.2f}] points straddles the budget"
+        )
+    reason = "; ".join(notes) or None
+    if not passed:
+        reason = f"dropped {drop:.3g} points, {drop - limit:.3g} over the budget" + (
+            f" ({reason})" if reason else ""
+        )
+
+    return Gate(name, limit, drop, passed, reason)
+
+
+def _at_risk(a: list[np.ndarray], c: list[np.ndarray], axis: int) -> int:
+    """Positions whose scores moved by at least half the gap between their top two."""
+    count = 0
+    for ta, tc in zip(a, c, strict=True):
+        if ta.dtype.kind != "f" or ta.ndim == 0 or ta.shape[axis] < 2 or ta.shape != tc.shape:
+            continue
+        ta64, tc64 = ta.astype(np.float64), tc.astype(np.float64)
+        top2 = -np.partition(-ta64, 1, axis=axis)
+        margin = np.take(top2, 0, axis=axis) - np.take(top2, 1, axis=axis)
+        moved = np.abs(tc64 - ta64).max(axis=axis)
+        count += int(np.count_nonzero(NEAR_FLIP * moved >= margin))
+    return count
+
+
+def _lossless(q: Quality | None, strict: bool = False) -> Gate:
+    """No class prediction changes; tensor outputs within LOSSLESS_TENSOR_TOLERANCE."""
+    name = "--max-accuracy-drop"
+    if q is None:
+        return Gate(name, 0.0, None, False, "not evaluated")
+    changed, moved = [], []
+    if strict and q.at_risk:
+        changed.append(f"{q.at_risk} near-flips")
+    for o in q.outputs:
+        kind = q.kinds.get(o.name, OutputKind(TENSOR))
+        if kind.kind == CLASS and o.top1_agreement is not None:
+            if o.top1_agreement < 1:
+                share = f"{100 * (1 - o.top1_agreement):.3g}%"
+                changed.append(f"{safe_text(o.name, 80)} ({share} of its predictions)")
+        elif (
+            o.nonfinite
+            or (o.relative_error is None and o.cosine is not None and o.cosine < 1)
+            or (o.relative_error is not None and o.relative_error > LOSSLESS_TENSOR_TOLERANCE)
+        ):
+            moved.append(o.name)
+
+    drop = q.accuracy_drop_points or 0.0
+    if changed or moved or drop > 0:
+        what = ", ".join(
+            [f"predictions of {n} changed" for n in changed]
+            + [
+                f"{safe_text(n, 80)} moved by more than {LOSSLESS_TENSOR_TOLERANCE:g} "
+                "relative error"
+                for n in moved
+            ]
+        )
+        return Gate(name, 0.0, drop, False, f"lossless: {what or 'accuracy dropped'}")
+    return Gate(name, 0.0, drop, True)

@@ -1,0 +1,250 @@
+"""One judge: output kinds, agreement and accuracy with intervals, budgets, task metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from helpers import FLOAT, SAMPLES, make_model, rand, run_both, tensor
+from onnx import TensorProto, helper, save
+
+from prunequant_cli.cli import main
+from prunequant_cli.errors import UsageError
+from prunequant_cli.evaluate import load_metric
+from prunequant_cli.judge import (
+    CLASS,
+    TENSOR,
+    Budget,
+    Judge,
+    OutputKind,
+    Quality,
+    output_kinds,
+    paired_difference_interval,
+    wilson_interval,
+)
+from prunequant_cli.report import OutputMetrics
+
+
+def _ir(model):
+    return ir.serde.deserialize_model(model)
+
+
+def _heads_model():
+    """x -> MatMul -> {scores (tensor), probs (Softmax), ids (ArgMax), seq (Softmax over
+    the last axis of [N, T, C] via Reshape)}."""
+    return make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["scores"]),
+            helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+            helper.make_node("ArgMax", ["scores"], ["ids"], axis=1, keepdims=0),
+            helper.make_node("Reshape", ["scores", "shape"], ["r"]),
+            helper.make_node("Softmax", ["r"], ["seq"], axis=2),
+        ],
+        [("x", FLOAT, ["N", 4])],
+        [
+            ("scores", FLOAT, ["N", 6]),
+            ("probs", FLOAT, ["N", 6]),
+            ("ids", TensorProto.INT64, ["N"]),
+            ("seq", FLOAT, ["N", 2, 3]),
+        ],
+        [tensor("W", rand((4, 6))), tensor("shape", np.array([-1, 2, 3], np.int64))],
+    )
+
+
+def test_output_kinds_come_from_the_graph_and_can_be_overridden():
+    m = _ir(_heads_model())
+    kinds = output_kinds(m)
+    assert {n: k.kind for n, k in kinds.items()} == {
+        "scores": TENSOR,
+        "probs": CLASS,
+        "ids": CLASS,
+        "seq": CLASS,
+    }
+    assert kinds["ids"].indices and kinds["seq"].axis == -1
+    kinds = output_kinds(m, label_output="scores", overrides=[("probs", "tensor")])
+    assert kinds["scores"].kind == CLASS and kinds["probs"].kind == TENSOR
+    with pytest.raises(UsageError, match="names no model output"):
+        output_kinds(m, overrides=[("nope", "class")])
+
+
+def test_sequence_class_scores_agree_per_position():
+    kinds = {"seq": OutputKind(CLASS, -1)}
+    a = np.zeros((2, 5, 3), np.float32)
+    a[..., 0] = 1.0
+    b = a.copy()
+    b[0, 1] = [0, 2, 0]  # one of ten positions changes its class
+    q = Judge(["seq"], kinds).measure([[a]], [[b]])
+    assert q.agreement == pytest.approx(0.9) and q.agreement_counts == (9, 10)
+    assert q.accuracy_drop_points == pytest.approx(10.0) and q.drop_against == "original"
+
+
+def test_intervals():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(95, 100)
+    assert lo < 0.95 < hi
+    # Newcombe's method 10 on the 2x2 table (a, b, c, d): inside [-1, 1], around the estimate.
+    lo, hi = paired_difference_interval(80, 3, 1, 16)
+    assert -1 <= lo < 0.02 < hi <= 1
+    lo, hi = paired_difference_interval(100, 0, 0, 0)
+    assert lo < 0 < hi and lo == pytest.approx(-hi, abs=1e-12)
+    assert paired_difference_interval(800, 30, 10, 160)[1] < hi  # more samples, narrower
+
+
+def test_paired_interval_covers_the_true_drop():
+    """Coverage of the 95% interval on simulated paired predictions (fixed seed)."""
+    rng = np.random.default_rng(0)
+    n, p_orig, flip = 200, 0.9, 0.05  # candidate: flips 5% of the predictions at random
+    truth = p_orig - (p_orig * (1 - flip) + (1 - p_orig) * flip)
+    hits = 0
+    for _ in range(400):
+        right_a = rng.random(n) < p_orig
+        flipped = rng.random(n) < flip
+        right_b = right_a ^ flipped
+        table = (
+            int(np.sum(right_a & right_b)),
+            int(np.sum(right_a & ~right_b)),
+            int(np.sum(~right_a & right_b)),
+            int(np.sum(~right_a & ~right_b)),
+        )
+        lo, hi = paired_difference_interval(*table)
+        hits += lo <= truth <= hi
+    assert hits / 400 >= 0.93
+
+
+def _quality(**kw):
+    base = {"outputs": [OutputMetrics("p", top1_agreement=1.0)], "kinds": {}, "samples": 10}
+    return Quality(**{**base, **kw})
+
+
+def test_lossless_needs_no_labels_and_the_search_does_not_count_lucky_fixes():
+    assert Budget(max_accuracy_drop=0).holds(_quality(agreement=1.0, agreement_counts=(10, 10)))
+    # 2 broken, 2 fixed by chance of 100: a zero drop, but a 2-point loss for the search
+    q = _quality(accuracy_original=0.9, accuracy_compressed=0.9, paired=(88, 2, 2, 8))
+    budget = Budget(max_accuracy_drop=1)
+    assert budget.holds(q) and not budget.holds(q, strict=True)
+
+
+def test_a_failed_budget_says_by_how_much():
+    q = _quality(accuracy_original=0.9, accuracy_compressed=0.87, paired=(85, 5, 2, 8))
+    (gate,) = Budget(max_accuracy_drop=1).verdicts(q)
+    assert not gate.passed and "3 points, 2 over the budget" in gate.reason
+
+
+METRIC = """
+import numpy as np
+
+def top1(reference, candidate, labels):
+    preds = np.concatenate([b["probs"].argmax(1) for b in candidate])
+    return float(np.mean(preds == labels))
+
+def broken(reference, candidate, labels):
+    raise ValueError("no such output")
+
+def nan(reference, candidate, labels):
+    return float("nan")
+"""
+
+
+def test_metric_loading_and_its_errors(tmp_path):
+    f = tmp_path / "task.py"
+    f.write_text(METRIC)
+    metric = load_metric(f"{f}:top1")
+    assert metric.name.endswith("task.py:top1")
+    for spec, message in (
+        (f"{f}:missing", "has no function"),
+        (f"{tmp_path / 'none.py'}:f", "not found"),
+        ("nocolon", "FILE.py:FUNCTION"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            load_metric(spec)
+    judge = Judge(["p"], {"p": OutputKind(CLASS)}, metric=load_metric(f"{f}:broken"))
+    with pytest.raises(UsageError, match="raised ValueError: no such output"):
+        judge.measure([[np.ones((2, 3), np.float32)]], [[np.ones((2, 3), np.float32)]])
+    judge = Judge(["p"], {"p": OutputKind(CLASS)}, metric=load_metric(f"{f}:nan"))
+    with pytest.raises(UsageError, match="finite number"):
+        judge.measure([[np.ones((2, 3), np.float32)]], [[np.ones((2, 3), np.float32)]])
+
+
+def test_metric_budget_search_and_gate(tmp_path):
+    f = tmp_path / "task.py"
+    f.write_text(METRIC)
+    out = tmp_path / "o.onnx"
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(out),
+            "--data",
+            str(SAMPLES / "digits_mlp.npz"),
+            "--metric",
+            f"{f}:top1",
+            "--max-metric-drop",
+            "0.02",
+            "--json",
+        ],
+    )
+    assert r.exit_code in (0, 8), r.stderr
+    doc = json.loads(r.stdout)
+    metric = doc["evaluation"]["metric"]
+    (gate,) = [g for g in doc["gates"] if g["name"] == "--max-metric-drop"]
+    assert gate["value"] == pytest.approx(metric["drop"])
+    assert gate["passed"] == (metric["drop"] <= 0.02) == (r.exit_code == 0)
+    assert metric["original"] == pytest.approx(doc["evaluation"]["accuracy"]["original"])
+    assert doc["search"]["budget"]["max_metric_drop"] == 0.02
+    assert doc["compression_ratio"] > 3
+    run_both(SAMPLES / "digits_mlp.onnx", out)
+
+
+def test_metric_gates_need_a_metric(tmp_path):
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--bits",
+            "8",
+            "--min-metric",
+            "0.5",
+        ],
+    )
+    assert r.exit_code == 2 and "need --metric" in r.stderr
+
+
+def test_labels_that_do_not_fit_the_class_output_are_refused(tmp_path):
+    data = np.load(SAMPLES / "digits_mlp.npz")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=data["input"], labels=data["labels"].astype(np.float32))
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--data",
+            str(bad),
+        ],
+    )
+    assert r.exit_code == 2 and "integer class ids" in r.stderr
+
+
+def test_embeddings_are_tensors_even_with_a_batch_by_features_shape(tmp_path):
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["embedding"])],
+        [("x", FLOAT, ["N", 8])],
+        [("embedding", FLOAT, ["N", 16])],
+        [tensor("W", rand((8, 16)))],
+    )
+    src = tmp_path / "m.onnx"
+    save(model, src)
+    r = CliRunner().invoke(
+        main, ["compress", str(src), str(tmp_path / "o.onnx"), "--bits", "8", "--json"]
+    )
+    assert r.exit_code == 0, r.stderr
+    ev = json.loads(r.stdout)["evaluation"]
+    assert ev["output_kinds"] == {"embedding": "tensor"} and ev["agreement"] is None
