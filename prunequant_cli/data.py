@@ -13,7 +13,7 @@ are shared by all samples; otherwise axis 0.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,27 @@ class Dataset:
                     else np.take(v, range(s, min(s + step, n)), axis=self.axes[k])
                     for k, v in g.items()
                 }
+
+
+def samples_of(batch: Mapping[str, np.ndarray], axes: Mapping[str, int | None]) -> int:
+    """How many samples one batch holds (1 when no input has a batch axis)."""
+    for k, v in batch.items():
+        axis = axes.get(k, 0)
+        if axis is not None and v.ndim > axis:
+            return int(v.shape[axis])
+    return 1
+
+
+def cut(
+    batch: Mapping[str, np.ndarray], axes: Mapping[str, int | None], start: int, stop: int
+) -> dict[str, np.ndarray]:
+    """Samples start..stop of one batch, each input cut along its batch axis."""
+    return {
+        k: v
+        if axes.get(k, 0) is None or v.ndim == 0
+        else np.take(v, range(start, stop), axis=axes.get(k, 0))
+        for k, v in batch.items()
+    }
 
 
 def fixed_batch(specs: list[InputSpec]) -> int | None:

@@ -239,6 +239,7 @@ def search(
     comparison = ws.comparison
     assert comparison is not None and comparison.calibration_batches is not None
     sites, _ = select_weights(ws.model, exclude)
+    started = time.perf_counter()  # the time budget covers preparing the probe too
     corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}
     probe = Probe(
         ws.model,
@@ -249,7 +250,7 @@ def search(
         evaluation.threads,
         [layer.bias for layer, _ in corrections.values()],
     )
-    result = run_search(ws.model, sites, probe, budget, time_budget, progress, corrections)
+    result = run_search(ws.model, sites, probe, budget, time_budget, progress, corrections, started)
     del probe
     config = CompressConfig(
         per_tensor=result.config.per_tensor, exclude=exclude, bias_correction=bias_correction
@@ -283,6 +284,7 @@ def _bias_corrections(
         sorted({c.activation for c in layers.values()}),
         comparison.calibration_batches or [],
         comparison.config.threads,
+        {s.name: s.batch_axis for s in comparison.specs},
     )
     return {n: (c, means[c.activation]) for n, c in layers.items() if c.activation in means}
 

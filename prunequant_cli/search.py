@@ -202,6 +202,7 @@ class SearchResult:
     tried: list[tuple[str, int, Quality]] = field(default_factory=list)
     seconds: float = 0.0
     out_of_time: bool = False
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         pareto = _pareto(self.tried)
@@ -226,6 +227,7 @@ class SearchResult:
                 for lab, b, q in self.tried
             ],
             "seconds": self.seconds,
+            "phase_seconds": dict(self.phases),
             "out_of_time": self.out_of_time,
         }
 
@@ -296,13 +298,20 @@ def run_search(
     time_budget: float,
     progress: Progress = NO_PROGRESS,
     corrections: Mapping[str, tuple[Correctable, np.ndarray]] | None = None,
+    started: float | None = None,
 ) -> SearchResult:
     """Choose per-weight settings: the smallest configuration whose quality stays in budget.
 
     With ``corrections`` (bias correction on), each candidate weight comes with its
     corrected bias, so what is measured is what the written model computes.
+
+    ``time_budget`` bounds the whole search from ``started`` (default: now; the caller
+    passes when it began preparing the probe): no measurement starts that the last one
+    of its kind says would end past it. Half of it is for the sensitivity phase.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
+    phases = {"setup": time.perf_counter() - started}
+    clock = _Clock(started, time_budget)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
     usable = [s for s in sites if s.name in probe.overridable]
@@ -330,7 +339,7 @@ def run_search(
         assert tensor is not None
         w = tensor.numpy()
         options = [Option(FLOAT, int(tensor.nbytes), 0.0)]
-        if time.perf_counter() - started > time_budget / 2:
+        if not clock.fits("subset", 0.5):
             # Out of time before this weight: int8 is its only (and usually harmless) option;
             # the end-to-end verification still decides whether it holds.
             out_of_time = True
@@ -342,15 +351,17 @@ def run_search(
             continue
         for config in CANDIDATES:
             progress.advance()
-            if time.perf_counter() - started > time_budget / 2:
+            if not clock.fits("subset", 0.5):
                 out_of_time = True
                 break
+            t0 = time.perf_counter()
             payload = _payload(site, w, config, opset)
             enc = encodings.choose(payload, opset, encodings.FORMATS["auto"], site.graph, shared)
             if enc is None:
                 continue
             decoded = payload.decode().astype(w.dtype)
             damage = probe.quality(overrides_for(site, w, decoded), subset=True).max_relative_error
+            clock.cost["subset"] = time.perf_counter() - t0
             options.append(Option(config, enc.cost(site.graph, payload, shared), damage))
             del decoded, payload
         sensitivity[site.name] = options
@@ -381,6 +392,7 @@ def run_search(
     cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
     def measure(lab: str, state: dict[str, Option]) -> Quality:
+        t0 = time.perf_counter()
         overrides = {}
         for n, o in state.items():
             if o.config is FLOAT:
@@ -401,8 +413,10 @@ def run_search(
         del overrides
         tried.append((lab, weight_bytes(state), q))
         progress.advance()
+        clock.cost["full"] = time.perf_counter() - t0
         return q
 
+    phases["sensitivity"] = time.perf_counter() - started - phases["setup"]
     progress.stage("verifying", None)
     best_state = state_at(0)
     best_q = measure(
@@ -410,7 +424,7 @@ def run_search(
     )
     # Every single global setting (measured where all weights have it).
     for config in CANDIDATES:
-        if time.perf_counter() - started > time_budget:
+        if not clock.fits("full"):
             out_of_time = True
             break
         state = {}
@@ -422,7 +436,7 @@ def run_search(
             best_state, best_q = state, q
     # Binary search for the longest prefix of the path within the budget.
     lo, hi = 0, len(steps)
-    while lo < hi and time.perf_counter() - started <= time_budget:
+    while lo < hi and clock.fits("full"):
         mid = (lo + hi + 1) // 2
         state = state_at(mid)
         q = measure(f"path step {mid}/{len(steps)}", state)
@@ -435,7 +449,7 @@ def run_search(
     # Refine the best configuration one weight at a time: the smaller option with the
     # least damage per byte saved, kept when the budget still holds, else never tried again.
     rejected: set[tuple[str, int]] = set()  # (weight, id(option)) that broke the budget
-    while time.perf_counter() - started <= time_budget:
+    while clock.fits("full"):
         moves = []
         for name, opts in sensitivity.items():
             current = best_state[name]
@@ -453,8 +467,9 @@ def run_search(
             best_state, best_q = state, q
         else:
             rejected.add((name, id(move)))
-    if time.perf_counter() - started > time_budget:
+    if not clock.fits("full"):
         out_of_time = True
+    phases["verification"] = time.perf_counter() - started - sum(phases.values())
 
     per_tensor = {name: o.config for name, o in best_state.items()}
     chosen = (
@@ -471,4 +486,18 @@ def run_search(
         tried=tried,
         seconds=time.perf_counter() - started,
         out_of_time=out_of_time,
+        phases=phases,
     )
+
+
+class _Clock:
+    """The search's time budget, and what the last measurement of each kind cost."""
+
+    def __init__(self, started: float, budget: float) -> None:
+        self.started, self.budget = started, budget
+        self.cost: dict[str, float] = {}
+
+    def fits(self, kind: str, share: float = 1.0) -> bool:
+        """Whether one more measurement of ``kind`` ends within ``share`` of the budget."""
+        end = time.perf_counter() - self.started + self.cost.get(kind, 0.0)
+        return end <= share * self.budget
