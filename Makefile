@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_compress.py
 	$(BIN)/python bench/bench_encodings.py
 	$(BIN)/python bench/bench_dense.py
+	$(BIN)/python bench/bench_samples.py
 
 # Retrain and re-export the sample models (dev-only: installs torch and scikit-learn).
 samples: $(STAMP)
