@@ -40,6 +40,9 @@ from prunequant_cli.errors import (
 from prunequant_cli.judge import Judge, Metric, Quality, closeness, infer_from_labels, output_kinds
 from prunequant_cli.report import Evaluation
 
+# Fewest samples in each calibration fold for a search to confirm its choice on a second fold.
+MIN_FOLD = 8
+
 __all__ = ["Comparison", "InputSpec", "closeness", "exposing_session", "open_session"]
 
 WARMUP_RUNS = 3
@@ -227,7 +230,10 @@ class Comparison:
             if inferred:
                 self.notes.append(f"the labels are taken to refer to output {inferred!r}")
         self.judge = Judge(self.outputs, self.kinds, self.labels, self.metric, config.label_output)
-        self.judge.check_labels(self.reference)
+        set_aside = self.judge.check_labels(self.reference)
+        if set_aside:
+            self.notes.append(set_aside)
+            self.labels = None
         self.calibration_batches = (
             None
             if self.calibration is None
@@ -290,12 +296,27 @@ class Comparison:
         )
         return holdout, calibration
 
-    def calibration_judge(self, reference: list[list[np.ndarray]]) -> Judge:
-        """A judge of the calibration samples (for the search), same kinds and metric."""
-        labels = None if self.calibration is None else self.calibration.labels
+    def judge_for(self, reference: list[list[np.ndarray]], labels: np.ndarray | None) -> Judge:
+        """A judge of other samples (calibration folds), with the same kinds and metric."""
         judge = Judge(self.outputs, self.kinds, labels, self.metric, self.config.label_output)
         judge.check_labels(reference)
         return judge
+
+    def calibration_folds(self) -> list[tuple[list[dict[str, np.ndarray]], Any, int]]:
+        """The calibration samples as (batches, labels, samples) folds: one to search on and,
+        when there are at least 2 × MIN_FOLD samples, a second (a seeded, stratified half)
+        that confirms the search's choice on samples it did not choose on."""
+        cal = self.calibration
+        assert cal is not None
+        if cal.samples < 2 * MIN_FOLD:
+            return [(self.calibration_batches or [], cal.labels, cal.samples)]
+        fit, check = split_indices(cal.samples, 0.5, self.config.seed + 1, cal.labels)
+        folds = []
+        for part in (cal.take(fit), cal.take(check)):
+            folds.append(
+                (list(part.batches(self.config.batch_size, self.fixed)), part.labels, part.samples)
+            )
+        return folds
 
     def run(self, compressed: str | bytes) -> Evaluation:
         """Run both models on the same inputs and measure how far the compressed one moved."""
@@ -308,7 +329,7 @@ class Comparison:
         if self.outputs != [o.name for o in sess_b.get_outputs()]:
             raise UsageError("the two models do not have the same outputs")
         got = run_batches(sess_b, self.batches, "compressed")
-        quality = self.judge.measure(self.reference, got)
+        quality = self.judge.measure(self.reference, got, samples=self.holdout.samples)
         ev = evaluation_of(quality, self.holdout.source, list(self.notes))
         ev.calibration = self.calibration_info
         ev.metric_name = self.metric.name if self.metric else None

@@ -363,9 +363,17 @@ class Judge:
     def class_outputs(self) -> list[str]:
         return [n for n in self.outputs if self.kinds.get(n, OutputKind(TENSOR)).kind == CLASS]
 
-    def measure(self, reference: Batches, candidate: Batches, detailed: bool = True) -> Quality:
-        """Quality of ``candidate`` (per batch, one array per output) against ``reference``."""
-        samples = sum(_samples(b) for b in reference)
+    def measure(
+        self,
+        reference: Batches,
+        candidate: Batches,
+        detailed: bool = True,
+        samples: int | None = None,
+    ) -> Quality:
+        """Quality of ``candidate`` (per batch, one array per output) against ``reference``;
+        ``samples``: how many input samples the batches hold (else guessed from outputs)."""
+        samples = sum(_samples(b) for b in reference) if samples is None else samples
+
         metrics: list[OutputMetrics] = []
         agreements: dict[str, tuple[int, int]] = {}
         at_risk = 0
@@ -421,15 +429,18 @@ class Judge:
             int(np.count_nonzero(~right_a & ~right_c)),
         )
 
-    def check_labels(self, reference: Batches) -> None:
-        """Labels must fit the label output's predictions: integer class ids, same shape."""
+    def check_labels(self, reference: Batches) -> str | None:
+        """Labels must fit the label output's predictions: integer class ids in range, one per
+        prediction. Labels of a model with no class-score output are set aside (returns why);
+        with a --metric they are the metric's to read."""
         if self.labels is None or self.metric is not None:
-            return
+            return None
         key = self.label_output
         if key is None:
-            raise UsageError(
-                "the data has labels, but no output is class scores: name it with "
-                "--label-output or --output-kind NAME:class, or score with --metric"
+            self.labels = None
+            return (
+                "the data's labels were set aside: no output is class scores (name one with "
+                "--output-kind NAME:class or --label-output, or score them with --metric)"
             )
         kind = self.kinds[key]
         i = self.outputs.index(key)
@@ -439,13 +450,24 @@ class Judge:
             raise UsageError(f"output {safe_text(key)!r} does not hold class scores for the labels")
         labels = np.asarray(self.labels)
         if labels.dtype.kind not in "iu":
-            raise UsageError(f"labels must be integer class ids, got {labels.dtype}")
+            raise UsageError(
+                f"labels must be integer class ids, got {labels.dtype} "
+                "(labels of another kind are for a --metric)"
+            )
+        classes = [np.asarray(b[i]).shape[kind.axis] for b in reference if not kind.indices]
+        if labels.size and (labels.min() < 0 or (classes and labels.max() >= min(classes))):
+            raise UsageError(
+                f"labels must be class ids from 0 to {min(classes) - 1 if classes else 'N'} "
+                f"of output {safe_text(key)!r}, got {labels.min()}..{labels.max()}"
+            )
+
         shape = preds[0].shape if len(preds) == 1 and preds[0] is not None else (flat.size,)
         if labels.size != flat.size or (len(preds) == 1 and labels.shape != shape):
             raise UsageError(
                 f"labels have shape {'×'.join(map(str, labels.shape))} but the predictions of "
                 f"{safe_text(key)!r} have shape {'×'.join(map(str, shape))}"
             )
+        return None
 
 
 def _flat(parts: Sequence[np.ndarray | None]) -> np.ndarray | None:

@@ -184,8 +184,9 @@ def _workspace(
         from prunequant_cli.evaluate import Comparison  # imports onnxruntime: only when needed
 
         comparison = Comparison(source, evaluation, ir_model, calibrate=calibrate)
-    original, zeros = _float_summary(ir_model, in_bytes)
     notes = _prepare(ir_model, densified)
+    # After the weights held in Constant nodes became initializers, so they are counted.
+    original, zeros = _float_summary(ir_model, in_bytes)
     return Workspace(
         ir_model, in_path, in_external, source, in_bytes, original, zeros, notes, comparison
     )
@@ -214,7 +215,7 @@ def search(
     """
     from prunequant_cli.judge import CLASS, Budget, output_kinds
     from prunequant_cli.recipe import recipe_text
-    from prunequant_cli.search import Probe, run_search
+    from prunequant_cli.search import Fold, Probe, run_search
 
     evaluation, gates, progress = _defaults(evaluation, gates, progress)
     budget = Budget.from_gates(gates)
@@ -241,11 +242,12 @@ def search(
     sites, _ = select_weights(ws.model, exclude)
     started = time.perf_counter()  # the time budget covers preparing the probe too
     corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}
+    folds = [Fold(*f) for f in comparison.calibration_folds()]
     probe = Probe(
         ws.model,
         sites,
-        comparison.calibration_batches,
-        comparison.calibration_judge,
+        folds,
+        comparison.judge_for,
         {s.name: s.batch_axis for s in comparison.specs},
         evaluation.threads,
         [layer.bias for layer, _ in corrections.values()],

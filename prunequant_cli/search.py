@@ -94,15 +94,16 @@ class Probe:
         self,
         model: ir.Model,
         sites: list[WeightSite],
-        batches: list[dict[str, np.ndarray]],
-        make_judge: Callable[[list[list[np.ndarray]]], Judge],
+        folds: Sequence[Fold],
+        make_judge: Callable[[list[list[np.ndarray]], np.ndarray | None], Judge],
         axes: Mapping[str, int | None],
         threads: int,
         extra: Sequence[ir.Value] = (),
     ) -> None:
-        """``make_judge`` builds the judge from the reference outputs; ``axes`` are the
-        inputs' batch axes; ``extra`` are more initializers to make overridable (biases
-        that a correction moves)."""
+        """``folds``: the calibration samples, as one fold to search on and optionally a
+        second one that confirms the choice; ``make_judge(reference, labels)`` builds a
+        fold's judge; ``axes`` are the inputs' batch axes; ``extra`` are more initializers
+        to make overridable (biases that a correction moves)."""
         # A copy whose subgraph initializers (weights inside If/Loop branches) are lifted to
         # the main graph, where they can be fed like any other; the branches still see them.
         copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
@@ -126,11 +127,18 @@ class Probe:
         self.session = open_session(proto.SerializeToString(), threads, "original")
         del proto
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.batches = batches
         self.axes = dict(axes)
-        self.subset = self._subset(batches)
-        self.reference = self._run(self.batches, {})
-        self.judge = make_judge(self.reference)
+        self.folds = list(folds)
+        self.references = [self._run(f.batches, {}) for f in self.folds]
+        self.judges = [
+            make_judge(r, f.labels) for r, f in zip(self.references, self.folds, strict=True)
+        ]
+        self.batches, self.reference, self.judge = (
+            self.folds[0].batches,
+            self.references[0],
+            self.judges[0],
+        )
+        self.subset = self._subset(self.batches)
         # Sensitivity only needs how far outputs move: no labels, no metric on the subset.
         self.subset_judge = Judge(self.outputs, self.judge.kinds)
         started = time.perf_counter()
@@ -175,12 +183,30 @@ class Probe:
             for feed in batches
         ]
 
-    def quality(self, overrides: dict[str, np.ndarray], subset: bool = False) -> Quality:
+    @property
+    def can_check(self) -> bool:
+        return len(self.folds) > 1
+
+    def quality(
+        self, overrides: dict[str, np.ndarray], subset: bool = False, fold: int = 0
+    ) -> Quality:
+        """Quality with ``overrides`` on the sensitivity subset, or on a whole fold."""
         if subset:
             got = self._run(self.subset, overrides)
             return self.subset_judge.measure(self.reference_subset, got, detailed=False)
-        got = self._run(self.batches, overrides)
-        return self.judge.measure(self.reference, got, detailed=False)
+        got = self._run(self.folds[fold].batches, overrides)
+        return self.judges[fold].measure(
+            self.references[fold], got, detailed=False, samples=self.folds[fold].samples
+        )
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Calibration samples in batches, with their labels."""
+
+    batches: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None
+    samples: int
 
 
 @dataclass
@@ -203,6 +229,7 @@ class SearchResult:
     seconds: float = 0.0
     out_of_time: bool = False
     phases: dict[str, float] = field(default_factory=dict)
+    confirmation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         pareto = _pareto(self.tried)
@@ -228,6 +255,7 @@ class SearchResult:
             ],
             "seconds": self.seconds,
             "phase_seconds": dict(self.phases),
+            "confirmation": self.confirmation,
             "out_of_time": self.out_of_time,
         }
 
@@ -340,13 +368,18 @@ def run_search(
         w = tensor.numpy()
         options = [Option(FLOAT, int(tensor.nbytes), 0.0)]
         if not clock.fits("subset", 0.5):
-            # Out of time before this weight: int8 is its only (and usually harmless) option;
-            # the end-to-end verification still decides whether it holds.
+            # Out of time before this weight: int8 is its one option beside float, with the
+            # worst damage int8 did to a measured weight as its guess; the verification on
+            # the calibration samples still decides whether it holds.
             out_of_time = True
             payload = _payload(site, w, INT8, opset)
             enc = encodings.choose(payload, opset, encodings.FORMATS["auto"], site.graph, shared)
             if enc is not None:
-                options = [Option(INT8, enc.cost(site.graph, payload, shared), 0.0)]
+                guess = max(
+                    (o.damage for opts in sensitivity.values() for o in opts if o.config is INT8),
+                    default=0.0,
+                )
+                options.append(Option(INT8, enc.cost(site.graph, payload, shared), guess))
             sensitivity[site.name] = options
             continue
         for config in CANDIDATES:
@@ -391,22 +424,35 @@ def run_search(
     # so each measurement only decodes what changed; at most about twice the model.
     cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
-    def measure(lab: str, state: dict[str, Option]) -> Quality:
-        t0 = time.perf_counter()
+    def overrides_of(state: dict[str, Option], store: bool = True) -> dict[str, np.ndarray]:
         overrides = {}
         for n, o in state.items():
             if o.config is FLOAT:
                 continue
             key = (n, id(o))
-            if key not in cache:
+            found = cache.get(key)
+            if found is None:
                 site = by_name[n]
                 w = site.value.const_value.numpy()  # type: ignore[union-attr]
                 decoded = _payload(site, w, o.config, opset).decode().astype(w.dtype)
-                cache[key] = overrides_for(site, w, decoded)
-            overrides.update(cache[key])
+                found = overrides_for(site, w, decoded)
+                if store:
+                    cache[key] = found
+            overrides.update(found)
+        return overrides
+
+    # Every state that held on the search fold, for the confirmation on the other fold.
+    held_states: list[tuple[str, dict[str, Option], Quality]] = []
+
+    def measure(lab: str, state: dict[str, Option]) -> Quality:
+        t0 = time.perf_counter()
+        overrides = overrides_of(state)
         q = probe.quality(overrides)
         keep = {(n, id(o)) for n, o in best_state.items()}
         held = budget.holds(q, strict=True)
+        if held:
+            held_states.append((lab, state, q))
+
         for key in [k for k in cache if k not in keep]:
             if key not in {(n, id(o)) for n, o in state.items()} or not held:
                 del cache[key]
@@ -418,13 +464,16 @@ def run_search(
 
     phases["sensitivity"] = time.perf_counter() - started - phases["setup"]
     progress.stage("verifying", None)
+    # With a confirming fold, a tenth of the budget is kept for confirming.
+    share = 0.9 if probe.can_check else 1.0
     best_state = state_at(0)
-    best_q = measure(
-        "all float" if not out_of_time else "start (unmeasured weights int8)", best_state
-    )
-    # Every single global setting (measured where all weights have it).
+    # All float is the original itself: nothing to run.
+    best_q = probe.judge.measure(probe.reference, probe.reference, detailed=False)
+    tried.append(("all float", weight_bytes(best_state), best_q))
+    # Every single global setting (measured where all weights have it); all int8 even when
+    # time is up, so that a search always gets one verified chance to compress.
     for config in CANDIDATES:
-        if not clock.fits("full"):
+        if config is not INT8 and not clock.fits("full", share):
             out_of_time = True
             break
         state = {}
@@ -436,7 +485,7 @@ def run_search(
             best_state, best_q = state, q
     # Binary search for the longest prefix of the path within the budget.
     lo, hi = 0, len(steps)
-    while lo < hi and clock.fits("full"):
+    while lo < hi and clock.fits("full", share):
         mid = (lo + hi + 1) // 2
         state = state_at(mid)
         q = measure(f"path step {mid}/{len(steps)}", state)
@@ -449,7 +498,7 @@ def run_search(
     # Refine the best configuration one weight at a time: the smaller option with the
     # least damage per byte saved, kept when the budget still holds, else never tried again.
     rejected: set[tuple[str, int]] = set()  # (weight, id(option)) that broke the budget
-    while clock.fits("full"):
+    while clock.fits("full", share):
         moves = []
         for name, opts in sensitivity.items():
             current = best_state[name]
@@ -467,9 +516,19 @@ def run_search(
             best_state, best_q = state, q
         else:
             rejected.add((name, id(move)))
-    if not clock.fits("full"):
+    if not clock.fits("full", share):
         out_of_time = True
     phases["verification"] = time.perf_counter() - started - sum(phases.values())
+    confirmation = None
+    if probe.can_check:
+        float_state = state_at(0)
+        float_q = probe.judge.measure(probe.reference, probe.reference, detailed=False)
+        held_states.insert(0, ("all float", float_state, float_q))
+        best_state, best_q, checked = _confirm(
+            probe, budget, clock, held_states, weight_bytes, overrides_of
+        )
+        confirmation = {"samples": probe.folds[1].samples, "checked": checked}
+        phases["confirmation"] = time.perf_counter() - started - sum(phases.values())
 
     per_tensor = {name: o.config for name, o in best_state.items()}
     chosen = (
@@ -487,7 +546,42 @@ def run_search(
         seconds=time.perf_counter() - started,
         out_of_time=out_of_time,
         phases=phases,
+        confirmation=confirmation,
     )
+
+
+def _confirm(
+    probe: Probe,
+    budget: Budget,
+    clock: _Clock,
+    held: list[tuple[str, dict[str, Option], Quality]],
+    weight_bytes: Callable[[dict[str, Option]], int],
+    overrides_of: Callable[..., dict[str, np.ndarray]],
+) -> tuple[dict[str, Option], Quality, list[dict[str, Any]]]:
+    """The smallest state that held on the search fold and holds on the confirming fold too,
+    which no choice so far has seen: what just fits one set of samples by chance does not
+    fit another. Smallest first, while time lasts; ``held[0]`` (all float) when none does.
+    Returns the state, its quality on the search fold, and what was checked."""
+    order, seen = [], set()
+    for lab, state, q in sorted(held[1:], key=lambda h: weight_bytes(h[1])):
+        key = tuple(sorted((n, id(o)) for n, o in state.items()))
+        if key not in seen:
+            seen.add(key)
+            order.append((lab, state, q))
+    checked: list[dict[str, Any]] = []
+    for i, (lab, state, q) in enumerate(order):
+        if i and not clock.fits("check"):
+            break
+        t0 = time.perf_counter()
+        qc = probe.quality(overrides_of(state, store=False), fold=1)
+        clock.cost["check"] = time.perf_counter() - t0
+        ok = budget.holds(qc, strict=True)
+        checked.append(
+            {"label": lab, "weight_bytes": weight_bytes(state), "quality": qc.to_dict(), "held": ok}
+        )
+        if ok:
+            return state, q, checked
+    return held[0][1], held[0][2], checked
 
 
 class _Clock:

@@ -23,8 +23,13 @@ def _eval(name):
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
 def test_budget_beats_every_single_global_setting(tmp_path, name):
+    """In-sample on both sides (calibration and report on the same file, as the report
+    says): per-weight settings beat the best single global setting."""
     src = SAMPLES / f"{name}.onnx"
-    found = search(src, tmp_path / "s.onnx", GateConfig(max_accuracy_drop=1), _eval(name))
+    data = SAMPLES / f"{name}.npz"
+    ev = EvalConfig(data=data, calibration_data=data, latency_runs=2)
+    found = search(src, tmp_path / "s.onnx", GateConfig(max_accuracy_drop=1), ev)
+    assert found.evaluation.calibration["overlap"] is True
     assert found.passed and found.evaluation.accuracy_drop_points <= 1
     best_global = None
     for config in CANDIDATES:
@@ -131,7 +136,7 @@ def test_cli_search_writes_a_recipe_that_reproduces_the_model(tmp_path):
             "--data",
             data,
             "--max-accuracy-drop",
-            "1",
+            "3",
             "--json",
             "--write-recipe",
             str(tmp_path / "r.toml"),
