@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_encodings.py
 	$(BIN)/python bench/bench_dense.py
 	$(BIN)/python bench/bench_samples.py
+	$(BIN)/python bench/bench_holdout.py
 
 # Retrain and re-export the sample models (dev-only: installs torch and scikit-learn).
 samples: $(STAMP)

@@ -224,7 +224,7 @@ class Comparison:
         # cannot run (or that hangs) fails the run while the output folder is untouched.
         self.reference = run_batches(self.session, self.batches, "original")
         self.labels = self.holdout.labels
-        if self.labels is not None:
+        if self.labels is not None and self.metric is None:  # with a metric, labels are its own
             shapes = {n: self.reference[0][i].shape for i, n in enumerate(self.outputs)}
             inferred = infer_from_labels(self.kinds, shapes) if self.reference else ""
             if inferred:

@@ -499,7 +499,7 @@ def evaluated_on(ev: Evaluation) -> str:
 def _gate_text(g: Gate) -> str:
     value = "not measured" if g.value is None else f"{g.value:.6g}"
     verdict = "passed" if g.passed else "FAILED"
-    reason = f" ({g.reason})" if g.reason and not g.passed else ""
+    reason = f" ({g.reason})" if g.reason else ""
     return f"{g.name} {g.threshold:g}: {value} {verdict}{reason}"
 
 

@@ -39,7 +39,11 @@ from prunequant_cli.passes import make_payload
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.selection import WeightSite
 
+# Configurations the confirming fold is asked about, at most.
+CONFIRM_CHECKS = 4
+
 SUBSET_SAMPLES = 128
+
 SUBSET_MIN = 8  # samples, when a run of the full subset takes longer than PROBE_SECONDS
 PROBE_SECONDS = 0.5
 
@@ -230,6 +234,7 @@ class SearchResult:
     out_of_time: bool = False
     phases: dict[str, float] = field(default_factory=dict)
     confirmation: dict[str, Any] | None = None
+    held: set[int] = field(default_factory=set)  # indices of ``tried`` within the budget
 
     def to_dict(self) -> dict[str, Any]:
         pareto = _pareto(self.tried)
@@ -250,8 +255,9 @@ class SearchResult:
                     "weight_bytes": b,
                     "quality": q.to_dict(),
                     "pareto": (lab, b) in pareto,
+                    "held": i in self.held,
                 }
-                for lab, b, q in self.tried
+                for i, (lab, b, q) in enumerate(self.tried)
             ],
             "seconds": self.seconds,
             "phase_seconds": dict(self.phases),
@@ -443,6 +449,7 @@ def run_search(
 
     # Every state that held on the search fold, for the confirmation on the other fold.
     held_states: list[tuple[str, dict[str, Option], Quality]] = []
+    held_idx: set[int] = set()
 
     def measure(lab: str, state: dict[str, Option]) -> Quality:
         t0 = time.perf_counter()
@@ -452,6 +459,7 @@ def run_search(
         held = budget.holds(q, strict=True)
         if held:
             held_states.append((lab, state, q))
+            held_idx.add(len(tried))
 
         for key in [k for k in cache if k not in keep]:
             if key not in {(n, id(o)) for n, o in state.items()} or not held:
@@ -469,6 +477,7 @@ def run_search(
     best_state = state_at(0)
     # All float is the original itself: nothing to run.
     best_q = probe.judge.measure(probe.reference, probe.reference, detailed=False)
+    held_idx.add(len(tried))
     tried.append(("all float", weight_bytes(best_state), best_q))
     # Every single global setting (measured where all weights have it); all int8 even when
     # time is up, so that a search always gets one verified chance to compress.
@@ -543,6 +552,7 @@ def run_search(
         quality=best_q,
         sensitivity=sensitivity,
         tried=tried,
+        held=held_idx,
         seconds=time.perf_counter() - started,
         out_of_time=out_of_time,
         phases=phases,
@@ -568,6 +578,13 @@ def _confirm(
         if key not in seen:
             seen.add(key)
             order.append((lab, state, q))
+    # A few candidates only (the smallest, the median and third quartile by size, and all
+    # int8 when it held): trying every one until one passes would make the confirming
+    # fold choose, not confirm.
+    if len(order) > CONFIRM_CHECKS:
+        picks = {0, len(order) // 2, (3 * len(order)) // 4}
+        picks |= {i for i, (lab, _, _) in enumerate(order) if lab == f"all {label(INT8)}"}
+        order = [order[i] for i in sorted(picks)]
     checked: list[dict[str, Any]] = []
     for i, (lab, state, q) in enumerate(order):
         if i and not clock.fits("check"):

@@ -248,3 +248,62 @@ def test_embeddings_are_tensors_even_with_a_batch_by_features_shape(tmp_path):
     assert r.exit_code == 0, r.stderr
     ev = json.loads(r.stdout)["evaluation"]
     assert ev["output_kinds"] == {"embedding": "tensor"} and ev["agreement"] is None
+
+
+def test_out_of_range_labels_are_refused(tmp_path):
+    data = np.load(SAMPLES / "digits_mlp.npz")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=data["input"], labels=data["labels"] + 10)
+    r = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            str(SAMPLES / "digits_mlp.onnx"),
+            str(tmp_path / "o.onnx"),
+            "--data",
+            str(bad),
+        ],
+    )
+    assert r.exit_code == 2 and "class ids from 0 to 9" in r.stderr
+
+
+def test_labels_of_a_model_without_class_scores_are_set_aside(tmp_path):
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["e"]),
+            helper.make_node("Reshape", ["e", "s"], ["embedding"]),
+        ],
+        [("x", FLOAT, ["N", 8])],
+        [("embedding", FLOAT, ["N", 16, 2])],
+        [tensor("W", rand((8, 32))), tensor("s", np.array([-1, 16, 2], np.int64))],
+    )
+    src = tmp_path / "m.onnx"
+    save(model, src)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rand((6, 8)), labels=np.array(["a", "b", "c", "d", "e", "f"]))
+    r = CliRunner().invoke(
+        main, ["compress", str(src), str(tmp_path / "o.onnx"), "--data", str(data), "--json"]
+    )
+    assert r.exit_code == 0, r.stderr
+    ev = json.loads(r.stdout)["evaluation"]
+    assert ev["accuracy"] is None and any("set aside" in n for n in ev["notes"])
+
+
+def test_a_search_confirms_on_a_second_fold(tmp_path):
+    from prunequant_cli import EvalConfig, GateConfig
+    from prunequant_cli.pipeline import search
+
+    report = search(
+        SAMPLES / "digits_mlp.onnx",
+        tmp_path / "s.onnx",
+        GateConfig(max_accuracy_drop=1),
+        EvalConfig(data=SAMPLES / "digits_mlp.npz", latency_runs=1),
+    )
+    confirmation = report.search["confirmation"]
+    cal = report.evaluation.calibration["samples"]
+    assert 0 < confirmation["samples"] < cal
+    checked = confirmation["checked"]
+    assert 1 <= len(checked) <= 3
+    # smallest first; it stops at the first that holds
+    assert [c["weight_bytes"] for c in checked] == sorted(c["weight_bytes"] for c in checked)
+    assert all(not c["held"] for c in checked[:-1])
