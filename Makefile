@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench samples clean
+.PHONY: install demo test lint bench bench-real samples clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_dense.py
 	$(BIN)/python bench/bench_samples.py
 	$(BIN)/python bench/bench_holdout.py
+
+# prunequant on nine real pretrained models, scored by their task metrics on held-out
+# samples (builds the kit from ../shared/realmodels into ~/.cache/prunequant/realmodels;
+# see bench/bench_real.py). BENCH_REAL_ARGS="--models ppocr_cls --modes bits8" for a subset.
+bench-real: $(STAMP)
+	$(BIN)/python bench/bench_real.py $(BENCH_REAL_ARGS)
 
 # Retrain and re-export the sample models (dev-only: installs torch and scikit-learn).
 samples: $(STAMP)
