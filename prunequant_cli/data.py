@@ -108,11 +108,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
 
     def group_size(self, group: dict[str, np.ndarray]) -> int:
-        for name, a in group.items():
-            axis = self.axes.get(name)
-            if axis is not None and a.ndim > axis:
-                return int(a.shape[axis])
-        return 1
+        return samples_of(group, self.axes)
 
     @property
     def samples(self) -> int:

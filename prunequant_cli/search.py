@@ -33,6 +33,7 @@ from onnx_ir.passes.common import LiftSubgraphInitializersToMainGraphPass
 from prunequant_cli import encodings, pruning
 from prunequant_cli.bias import Correctable, bias_shift
 from prunequant_cli.config import CompressConfig
+from prunequant_cli.data import cut, samples_of
 from prunequant_cli.evaluate import open_session
 from prunequant_cli.judge import Budget, Judge, Quality
 from prunequant_cli.passes import make_payload
@@ -153,17 +154,10 @@ class Probe:
             self.reference_subset = self._run(self.subset, {})
 
     def _samples(self, batch: dict[str, np.ndarray]) -> int:
-        for k, v in batch.items():
-            axis = self.axes.get(k)
-            if axis is not None and v.ndim > axis:
-                return int(v.shape[axis])
-        return 1
+        return samples_of(batch, self.axes)
 
     def _cut(self, batch: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-        return {
-            k: v if self.axes.get(k) is None else np.take(v, range(n), axis=self.axes[k])
-            for k, v in batch.items()
-        }
+        return cut(batch, self.axes, 0, n)
 
     @property
     def _cuttable(self) -> bool:

@@ -91,3 +91,15 @@ def assert_close_outputs(original, compressed, feeds=None, min_cosine=0.99):
 
 
 FLOAT = TensorProto.FLOAT
+
+
+def embedding_model(path: Path, features: int = 4, dims: int = 3) -> Path:
+    """x [N, features] -> MatMul -> embedding [N, dims]: a model with no class-score output."""
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["embedding"])],
+        [("x", TensorProto.FLOAT, ["N", features])],
+        [("embedding", TensorProto.FLOAT, ["N", dims])],
+        [tensor("W", rand((features, dims)))],
+    )
+    onnx.save(model, path)
+    return path

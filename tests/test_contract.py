@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from helpers import ROOT, SAMPLES
@@ -106,17 +105,9 @@ def test_an_accuracy_gate_without_labels_measures_against_the_original(tmp_path)
 
 
 def test_a_gate_that_cannot_be_measured_fails(tmp_path):
-    from helpers import FLOAT, make_model, rand, tensor
-    from onnx import helper
+    from helpers import embedding_model
 
-    model = make_model(
-        [helper.make_node("MatMul", ["x", "W"], ["embedding"])],
-        [("x", FLOAT, ["N", 4])],
-        [("embedding", FLOAT, ["N", 3])],
-        [tensor("W", rand((4, 3)))],
-    )
-    src = tmp_path / "m.onnx"
-    onnx.save(model, src)
+    src = embedding_model(tmp_path / "m.onnx")
     r = run(
         "compress", src, tmp_path / "o.onnx", "--bits", "8", "--json", "--max-accuracy-drop", "1"
     )

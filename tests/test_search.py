@@ -179,17 +179,9 @@ def test_explicit_settings_make_the_budget_a_gate(tmp_path):
 
 
 def test_an_accuracy_budget_needs_a_class_output(tmp_path):
-    from helpers import FLOAT, make_model, rand, tensor
-    from onnx import helper, save
+    from helpers import embedding_model
 
-    model = make_model(
-        [helper.make_node("MatMul", ["x", "W"], ["embedding"])],
-        [("x", FLOAT, ["N", 4])],
-        [("embedding", FLOAT, ["N", 3])],
-        [tensor("W", rand((4, 3)))],
-    )
-    src = tmp_path / "m.onnx"
-    save(model, src)
+    src = embedding_model(tmp_path / "m.onnx")
     out = tmp_path / "out"
     out.mkdir()
     r = CliRunner().invoke(
