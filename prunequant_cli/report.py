@@ -564,9 +564,18 @@ def _quality_cells(q: dict[str, Any]) -> list[str]:
 
 def render_search(search: dict[str, Any], console: Console, verbose: bool) -> None:
     """What a search chose, the size-vs-quality points it measured, and (verbose) sensitivity."""
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in search.get("phase_seconds", {}).items())
+    confirmation = search.get("confirmation")
+    confirmed = (
+        ""
+        if not confirmation
+        else f"; confirmed on {confirmation['samples']} other calibration samples "
+        f"({len(confirmation['checked'])} checked)"
+    )
     console.print(
-        f"Search: {len(search['tried'])} configurations measured in {search['seconds']:.1f} s; "
-        f"recipe written to {search.get('recipe')}.",
+        f"Search: {len(search['tried'])} configurations measured on the calibration samples in "
+        f"{search['seconds']:.1f} s ({phases}){confirmed}; recipe written to "
+        f"{search.get('recipe')}.",
         markup=False,
     )
     chosen = Table(title="chosen per-weight settings", title_justify="left")
