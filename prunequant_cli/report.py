@@ -417,7 +417,7 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
                 f"accuracy ({ev.label_output})",
                 _pct(ev.accuracy_original),
                 _pct(ev.accuracy_compressed),
-                f"{-drop:+.2f} pts{ci}",
+                f"{-drop + 0.0:+.2f} pts{ci}",
             )
         )
     if q is not None and q.metric_original is not None:
@@ -426,7 +426,7 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
                 f"metric ({ev.metric_name})",
                 _num(q.metric_original, ".6g"),
                 _num(q.metric_compressed, ".6g"),
-                f"{-(q.metric_drop or 0.0):+.4g}",
+                f"{-(q.metric_drop or 0.0) + 0.0:+.4g}",
             )
         )
     for out in ev.outputs:
