@@ -12,8 +12,7 @@ Modes, one prunequant process per model and mode, each given the kit's task metr
 
 * ``bits8`` / ``bits4``: ``--bits N --data holdout``; the metric is reported, not gated;
 * ``search``: ``--calibration-data calibration --data holdout --max-metric-drop D``
-  (``D`` = ``PRUNEQUANT_BENCH_METRIC_DROP``, default 0.01, absolute on the metric's scale, or
-  one held-out sample's worth, 1 / samples, where that is larger);
+  (``D`` = ``PRUNEQUANT_BENCH_METRIC_DROP``, default 0.02, absolute on the metric's scale);
   ``--min-cosine 0.99`` instead, without ``--metric``, for a model whose metric cannot be
   scored on the random halves of the calibration rows a search checks on
   (``real_metrics.NOT_ON_SUBSETS``: oww_embedding) or that has none. When the installed
@@ -31,7 +30,7 @@ Usage: ``python bench/bench_real.py [--models a,b] [--modes bits8,bits4,search]`
 Environment: ``PRUNEQUANT_REALMODELS`` (kit cache, default ``~/.cache/prunequant/realmodels``),
 ``PRUNEQUANT_SHARED`` (default: ``shared/`` next to the repository),
 ``PRUNEQUANT_BENCH_TIME_BUDGET`` (search ``--time-budget``, default 240 s),
-``PRUNEQUANT_BENCH_METRIC_DROP`` (search ``--max-metric-drop``, default 0.01). The first two
+``PRUNEQUANT_BENCH_METRIC_DROP`` (search ``--max-metric-drop``, default 0.02). The first two
 are passed on to prunequant's processes, where ``real_metrics.py`` reads them.
 Writes ``build/bench_real.json``; the Markdown tables go to stdout, progress to stderr.
 """
@@ -61,9 +60,9 @@ MODES = ("bits8", "bits4", "search")
 DEFAULT_MODES = MODES
 METRIC_FILE = REPO / "bench" / "real_metrics.py"
 # The search's budget: the task metric may drop this much (absolute, the metric's scale).
-METRIC_DROP = float(os.environ.get("PRUNEQUANT_BENCH_METRIC_DROP", "0.01"))
+METRIC_DROP = float(os.environ.get("PRUNEQUANT_BENCH_METRIC_DROP", "0.02"))
 MIN_COSINE = 0.99  # the search's budget for a model without a usable metric
-WITHIN = 0.01  # a row "holds" when the task metric drops by at most this much
+WITHIN = METRIC_DROP  # a row "holds" when the task metric drops by at most the budget
 GATE_FAILED = 8  # prunequant's exit code for a failed gate: the model is still written
 
 # Runs the command given after two file names (its stdout and stderr go there), then
@@ -156,18 +155,13 @@ def has_calibration_flag(pq: str) -> bool:
     return "--calibration-data" in out
 
 
-def metric_args(name: str, mode: str, n_holdout: int) -> list[str]:
-    """``--metric`` for a mode, and in a search the budget gate on it (else on cosine).
-
-    The metric budget is METRIC_DROP or one held-out sample's worth (1 / samples), whichever
-    is larger: a budget finer than one sample cannot be told from noise, or even measured.
-    """
+def metric_args(name: str, mode: str) -> list[str]:
+    """``--metric`` for a mode, and in a search the budget gate on it (else on cosine)."""
     metric = ["--metric", f"{METRIC_FILE}:{name}"] if name in real_metrics.METRICS else []
     if mode != "search":
         return metric
     if metric and name not in real_metrics.NOT_ON_SUBSETS:
-        drop = max(METRIC_DROP, 1.0 / max(n_holdout, 1))
-        return [*metric, "--max-metric-drop", f"{drop:.4g}"]
+        return [*metric, "--max-metric-drop", str(METRIC_DROP)]
     return ["--min-cosine", str(MIN_COSINE)]
 
 
@@ -189,7 +183,7 @@ def mode_args(mode: str, split: Split, out_of_sample: bool, budget: str) -> tupl
         ], "holdout"
     if mode == "search":
         cal = str(split.calibration)
-        common = [*metric_args(split.name, mode, split.n_holdout), "--time-budget", budget]
+        common = [*metric_args(split.name, mode), "--time-budget", budget]
         if out_of_sample:
             return ["--calibration-data", cal, "--data", hold, *common], "calibration + holdout"
         return ["--data", cal, *common], "calibration only"
