@@ -179,7 +179,7 @@ def mode_args(mode: str, split: Split, out_of_sample: bool, budget: str) -> tupl
             mode[4:],
             "--data",
             hold,
-            *metric_args(split.name, mode, split.n_holdout),
+            *metric_args(split.name, mode),
         ], "holdout"
     if mode == "search":
         cal = str(split.calibration)
