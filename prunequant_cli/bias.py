@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from prunequant_cli.data import cut, samples_of
-from prunequant_cli.evaluate import exposing_session
+from prunequant_cli.evaluate import exposed_activations
 
 
 @dataclass(frozen=True)
@@ -57,11 +56,6 @@ def correctable(model: ir.Model, weight: ir.Value) -> Correctable | None:
     return Correctable(weight.name or "", node, x.name, bias)
 
 
-# Most bytes of exposed activations one run may return: every layer's input of a batch at
-# once would be gigabytes on a real CNN.
-EXPOSED_BYTES = 256 * 2**20
-
-
 def activation_means(
     model: ir.Model,
     names: list[str],
@@ -70,35 +64,15 @@ def activation_means(
     axes: Mapping[str, int | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Mean of each named activation over the batches: per feature ([N, K] -> [K]) or per
-    channel ([N, C, ...] -> [C]).
-
-    Every exposed activation of a whole batch at once would be gigabytes on a real CNN, so
-    batches run in pieces cut along the inputs' batch ``axes``: one sample first, to learn
-    what a sample's activations cost, then as many as fit in EXPOSED_BYTES.
-    """
-    session, outputs = exposing_session(model, names, threads)
-    batch_axes = axes or {}
+    channel ([N, C, ...] -> [C]), from pieces of the batches (see exposed_activations)."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    per_sample: int | None = None
-    for feed in batches:
-        n, start = samples_of(feed, batch_axes), 0
-        while start < n:
-            step = 1 if per_sample is None else max(1, EXPOSED_BYTES // per_sample)
-            stop = min(n, start + step)
-            piece = feed if (start, stop) == (0, n) else cut(feed, batch_axes, start, stop)
-            values = session.run(None, piece)
-            if per_sample is None:
-                total = sum(int(np.asarray(v).nbytes) for v in values)
-                per_sample = max(1, total // (stop - start))
-            for name, value in zip(outputs, values, strict=True):
-                if name not in names:
-                    continue
-                a = np.asarray(value, dtype=np.float64)
-                reduce = tuple(i for i in range(a.ndim) if i != 1)
-                sums[name] = sums.get(name, 0) + a.sum(axis=reduce)
-                counts[name] = counts.get(name, 0) + int(a.size // a.shape[1])
-            start = stop
+    for piece in exposed_activations(model, names, batches, threads, axes):
+        for name, value in piece.items():
+            a = np.asarray(value, dtype=np.float64)
+            reduce = tuple(i for i in range(a.ndim) if i != 1)
+            sums[name] = sums.get(name, 0) + a.sum(axis=reduce)
+            counts[name] = counts.get(name, 0) + int(a.size // a.shape[1])
     return {n: sums[n] / counts[n] for n in sums}
 
 

@@ -519,6 +519,14 @@ def main() -> None:
     help="Shift each Gemm/Conv bias by the mean output error of its quantized weight, "
     "measured on the evaluation inputs.",
 )
+@click.option(
+    "--rounding",
+    type=click.Choice(["nearest", "gptq"]),
+    default="nearest",
+    show_default=True,
+    help="gptq: choose codes that minimise each MatMul/Gemm/Conv layer's output error on the "
+    "calibration samples (GPTQ), which keeps 4 bits and below usable; nearest elsewhere.",
+)
 @click.option("--no-quantize", is_flag=True, help="Prune only: keep the weights in floating point.")
 @click.option(
     "--exclude",
@@ -617,6 +625,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             format=opts["storage"],
             keep_quantized=opts["keep_quantized"],
             bias_correction=opts["bias_correction"],
+            rounding=opts["rounding"],
             exclude=opts["exclude"],
         )
         if opts["recipe"] is not None:
@@ -650,6 +659,7 @@ SETTING_OPTIONS = (
     "block_size",
     "storage",
     "keep_quantized",
+    "rounding",
     "no_quantize",
     "recipe",
 )

@@ -11,6 +11,7 @@ from prunequant_cli.errors import UsageError
 
 MIN_BITS, MAX_BITS = 2, 8
 QUANT_METHODS = ("uniform", "asymmetric", "codebook")
+ROUNDINGS = ("nearest", "gptq")
 FORMAT_NAMES = ("auto", "dense", "int8", "sparse")
 
 
@@ -43,6 +44,9 @@ class CompressConfig:
             onnxruntime keeps quantized in memory instead of folding to float.
         bias_correction: Shift the bias of each Gemm/Conv by the mean output error its
             quantized weight adds on the evaluation inputs.
+        rounding: "nearest" (each code the nearest to its weight) or "gptq" (codes chosen
+            to minimise each layer's output error on the calibration inputs, for the
+            MatMul/Gemm/Conv weights whose inputs can be recorded; nearest elsewhere).
         exclude: Name globs of weights to leave untouched.
         per_tensor: Settings for single weights by name (from a recipe or a
             search); their threshold, sparsity, bits and quant replace these.
@@ -57,6 +61,7 @@ class CompressConfig:
     format: str = "auto"
     keep_quantized: bool = False
     bias_correction: bool = False
+    rounding: str = "nearest"
     exclude: tuple[str, ...] = ()
     per_tensor: Mapping[str, CompressConfig] = field(default_factory=dict)
 
@@ -93,12 +98,29 @@ class CompressConfig:
             raise UsageError(
                 "--keep-quantized writes uniform DequantizeLinear codes: no --quant or --format"
             )
+        if self.rounding not in ROUNDINGS:
+            raise UsageError(
+                f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding}"
+            )
+        if self.rounding == "gptq" and (
+            self.bits is None or self.bits == 16 or self.quant == "codebook"
+        ):
+            raise UsageError("--rounding gptq rounds uniform or asymmetric codes of 2 to 8 bits")
         if self.bits is None and (self.keep_quantized or self.quant != "uniform"):
             raise UsageError("--no-quantize cannot be combined with --quant or --keep-quantized")
 
     def for_tensor(self, name: str) -> CompressConfig:
         """The settings that apply to the weight ``name``."""
         return self.per_tensor.get(name, self)
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether applying these settings measures calibration data."""
+        return (
+            self.bias_correction
+            or self.rounding == "gptq"
+            or any(c.rounding == "gptq" for c in self.per_tensor.values())
+        )
 
     @property
     def n_m(self) -> tuple[int, int] | None:

@@ -87,6 +87,7 @@ class Payload:
     block_size: int | None = None  # uniform: one scale per block of this many entries...
     block_axis: int = 0  # ...along this axis; the scale then has the weight's rank
     zero_point: np.ndarray | None = None  # uniform, asymmetric: int8 code of 0 per channel
+    rounding: str = "nearest"  # how the codes were chosen: "nearest" or "gptq"
 
     @property
     def kind(self) -> str:

@@ -15,6 +15,7 @@ import importlib.util
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from prunequant_cli.data import (
     Dataset,
     InputSpec,
     apply_input_shapes,
+    cut,
     fixed_batch,
     input_specs,
     load_dataset,
+    samples_of,
     split_indices,
     synthetic_dataset,
 )
@@ -91,6 +94,45 @@ def exposing_session(model: Any, names: list[str], threads: int) -> tuple[Any, l
             proto.graph.output.append(helper.make_empty_tensor_value_info(n))
     session = open_session(proto.SerializeToString(), threads, "original")
     return session, [o.name for o in session.get_outputs()]
+
+
+# Most bytes of exposed activations one run may return: every layer's input of a batch at
+# once would be gigabytes on a real CNN.
+EXPOSED_BYTES = 256 * 2**20
+
+
+def exposed_activations(
+    model: Any,
+    names: list[str],
+    batches: list[dict[str, np.ndarray]],
+    threads: int,
+    axes: Mapping[str, int | None] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The named activations of the original ``model`` (onnx_ir), piece by piece.
+
+    Batches run in pieces cut along the inputs' batch ``axes``: one sample first, to learn
+    what a sample's activations cost, then as many as fit in EXPOSED_BYTES.
+    """
+    session, outputs = exposing_session(model, names, threads)
+    batch_axes = axes or {}
+    wanted = set(names)
+    per_sample: int | None = None
+    for feed in batches:
+        n, start = samples_of(feed, batch_axes), 0
+        while start < n:
+            step = 1 if per_sample is None else max(1, EXPOSED_BYTES // per_sample)
+            stop = min(n, start + step)
+            piece = feed if (start, stop) == (0, n) else cut(feed, batch_axes, start, stop)
+            values = _run(session, piece, "original")
+            if per_sample is None:
+                total = sum(int(np.asarray(v).nbytes) for v in values)
+                per_sample = max(1, total // (stop - start))
+            yield {
+                name: np.asarray(v)
+                for name, v in zip(outputs, values, strict=True)
+                if name in wanted
+            }
+            start = stop
 
 
 def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from prunequant_cli import encodings, pruning, quantization
+from prunequant_cli import encodings, pruning, quantization, rounding
 from prunequant_cli.bias import Correctable, bias_shift
 from prunequant_cli.config import CompressConfig
 from prunequant_cli.encodings import Payload
@@ -175,9 +175,19 @@ DQ_BLOCK = 32
 
 
 def make_payload(
-    w: np.ndarray, site: WeightSite, config: CompressConfig, pruned: bool, opset: int = 0
+    w: np.ndarray,
+    site: WeightSite,
+    config: CompressConfig,
+    pruned: bool,
+    opset: int = 0,
+    stats: Sequence[np.ndarray] | None = None,
 ) -> Payload:
-    """Quantize one weight: uniform codes and scales, a codebook, or float16 values."""
+    """Quantize one weight: uniform codes and scales, a codebook, or float16 values.
+
+    With ``config.rounding == "gptq"`` and the layer's input statistics ``stats`` (one
+    H = XᵀX per group, see calibrate.py), uniform and asymmetric codes are chosen by
+    GPTQ with the same scales and zero points; otherwise each code is the nearest.
+    """
     dtype = site.value.const_value.dtype  # type: ignore[union-attr]
     bits = config.bits or 8
     p = Payload(site.name, tuple(int(d) for d in w.shape), dtype, site.axis, bits)
@@ -221,7 +231,47 @@ def make_payload(
             scale = quantization.per_channel_scale(w, site.axis, bits)
         p.scale = _stored_scale(scale)
         p.codes = quantization.quantize(w, p.scale.astype(w.dtype), bits)
+    if config.rounding == "gptq" and stats and p.codes is not None and p.scale is not None:
+        p.codes = _gptq_codes(w, site, p, stats, bits, pruned)
+        p.rounding = "gptq"
     return p
+
+
+def _gptq_codes(
+    w: np.ndarray,
+    site: WeightSite,
+    p: Payload,
+    stats: Sequence[np.ndarray],
+    bits: int,
+    pruned: bool,
+) -> np.ndarray:
+    """The payload's codes re-chosen by GPTQ: the weight as a matrix [output rows, inputs]
+    (Conv kernels flattened as im2col reads them), the same scales and zero points."""
+    assert p.scale is not None
+    axis, rows = site.axis % w.ndim, w.shape[site.axis]
+    scale = p.scale.astype(np.float64)
+    if p.block_size:
+        scale = np.repeat(scale, p.block_size, axis=p.block_axis)
+
+    def matrix(a: np.ndarray) -> np.ndarray:
+        return np.moveaxis(np.broadcast_to(a, w.shape), axis, 0).reshape(rows, -1)
+
+    m = quantization.qmax(bits)
+    zero = None if p.zero_point is None else matrix(p.zero_point)
+    lo = -m if zero is None else -m - 1
+    quantizer = rounding.ColumnQuantizer(matrix(scale), zero, lo, m)
+    weights = matrix(w)
+    keep = weights != 0 if pruned else None
+    codes = np.empty(weights.shape, dtype=np.int64)
+    per_group = rows // len(stats)
+    for g, h in enumerate(stats):
+        part = slice(g * per_group, (g + 1) * per_group)
+        group_q = rounding.ColumnQuantizer(
+            quantizer.scale[part], None if zero is None else zero[part], lo, m
+        )
+        codes[part] = rounding.gptq(weights[part], h, group_q, None if keep is None else keep[part])
+    moved = np.moveaxis(w, axis, 0).shape
+    return np.moveaxis(codes.reshape(moved), 0, axis).astype(np.int8)
 
 
 def _stored_scale(scale: np.ndarray) -> np.ndarray:
@@ -243,9 +293,12 @@ class QuantizePass(_WeightPass):
         records: dict[str, TensorRecord],
         progress: Progress = NO_PROGRESS,
         corrections: Mapping[str, tuple[Correctable, np.ndarray]] | None = None,
+        stats: Mapping[str, Sequence[np.ndarray]] | None = None,
     ) -> None:
+        """``stats``: each GPTQ-rounded weight's layer-input statistics (calibrate.py)."""
         super().__init__(sites, config, records, progress)
         self.corrections = corrections or {}
+        self.stats = stats or {}
 
     def candidates(self) -> tuple[encodings.Encoding, ...]:
         if self.config.keep_quantized:
@@ -284,7 +337,7 @@ class QuantizePass(_WeightPass):
             record.note = "non-finite values: not quantized"
             return False
         pruned = record.prune_method is not None
-        payload = make_payload(w, site, config, pruned, opset)
+        payload = make_payload(w, site, config, pruned, opset, self.stats.get(site.name))
         encoding = encodings.choose(payload, opset, candidates, site.graph, shared)
         if encoding is None:
             record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
@@ -299,6 +352,7 @@ class QuantizePass(_WeightPass):
         if encoding in encodings.KEEP_QUANTIZED:
             record.note = _kept_quantized_note(site.op_types)
         record.zeros_after = payload.zeros()
+        record.rounding = payload.rounding if payload.codes is not None else None
         record.bits = payload.bits
         record.encoding = encoded.encoding
         record.stored_bytes = encoded.stored_bytes

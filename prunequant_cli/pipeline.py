@@ -291,6 +291,34 @@ def _bias_corrections(
     return {n: (c, means[c.activation]) for n, c in layers.items() if c.activation in means}
 
 
+def _layer_statistics(
+    ir_model: ir.Model,
+    sites: list[Any],
+    config: CompressConfig,
+    comparison: Comparison | None,
+    notes: list[str],
+) -> dict[str, list[np.ndarray]]:
+    """Layer-input statistics of the weights that --rounding gptq rounds, from the
+    calibration samples; says which weights keep nearest rounding and why."""
+    gptq = [s for s in sites if config.for_tensor(s.name).rounding == "gptq"]
+    if not gptq or comparison is None:
+        return {}
+    from prunequant_cli.calibrate import layer_statistics
+
+    stats, skipped = layer_statistics(
+        ir_model,
+        gptq,
+        comparison.calibration_batches or [],
+        comparison.config.threads,
+        {s.name: s.batch_axis for s in comparison.specs},
+    )
+    notes.append(
+        f"--rounding gptq: {len(stats)} weight(s) rounded from their layers' inputs on the "
+        "calibration samples" + (f"; {len(skipped)} kept nearest rounding" if skipped else "")
+    )
+    return stats
+
+
 def _label(config: CompressConfig) -> str:
     from prunequant_cli.search import label
 
@@ -328,13 +356,15 @@ def compress(
     """
     config = config or CompressConfig()
     evaluation, gates, progress = _defaults(evaluation, gates, progress)
-    if evaluation.calibration_data is not None and not config.bias_correction:
+    if evaluation.calibration_data is not None and not config.calibrates:
         raise UsageError(
-            "--calibration-data is what a search or --bias-correction measures on; "
-            "with fixed settings nothing calibrates: drop it or add --bias-correction"
+            "--calibration-data is what a search, --bias-correction or --rounding gptq "
+            "measures on; with these settings nothing calibrates: drop it"
         )
     if config.bias_correction and not evaluation.enabled:
         raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
+    if config.calibrates and not evaluation.enabled:
+        raise UsageError("--rounding gptq needs calibration inputs: drop --no-eval")
 
     def check(m: ir.Model) -> None:
         opset = m.opset_imports.get("", m.opset_imports.get("ai.onnx", 0))
@@ -346,7 +376,7 @@ def compress(
 
     out = Path(output)
     started = time.perf_counter()
-    ws = _workspace(model, out, evaluation, progress, calibrate=config.bias_correction, check=check)
+    ws = _workspace(model, out, evaluation, progress, calibrate=config.calibrates, check=check)
     return _compress_workspace(ws, out, config, gates, progress, started=started)
 
 
@@ -397,6 +427,7 @@ def _compress_workspace(
             corrections = _bias_corrections(ir_model, sites, comparison)
         if corrections:
             notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases absorb the shift")
+    stats = _layer_statistics(ir_model, sites, config, comparison, notes)
     if dense is not None:
         for name, (removed, channels) in dense.channels.items():
             if name in records:
@@ -416,7 +447,7 @@ def _compress_workspace(
     ir.passes.PassManager(
         [
             PrunePass(sites, config, records, progress),
-            QuantizePass(sites, config, records, progress, corrections),
+            QuantizePass(sites, config, records, progress, corrections, stats),
             cleanup,
         ]
     )(ir_model)
@@ -498,6 +529,7 @@ def _compress_workspace(
             "format": config.format,
             "keep_quantized": config.keep_quantized,
             "bias_correction": config.bias_correction,
+            "rounding": config.rounding,
             "granularity": (
                 "per_tensor"
                 if config.quant == "codebook"

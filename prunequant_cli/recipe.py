@@ -33,7 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPE_VERSION = 1
-_KEYS = {"bits", "quant", "block", "sparsity", "threshold", "keep"}
+_KEYS = {"bits", "quant", "block", "sparsity", "threshold", "keep", "rounding"}
 
 
 def _toml_string(text: str) -> str:
@@ -51,6 +51,8 @@ def _setting_lines(config: CompressConfig) -> list[str]:
             lines.append(f"quant = {_toml_string(config.quant)}")
         if config.block_size:
             lines.append(f"block = {config.block_size}")
+        if config.rounding != "nearest":
+            lines.append(f"rounding = {_toml_string(config.rounding)}")
     if config.sparsity is not None:
         lines.append(f"sparsity = {config.sparsity!r}")
     if config.threshold is not None:
@@ -87,6 +89,7 @@ def _tensor_config(name: str, table: Any) -> CompressConfig:
         block_size=table.get("block"),
         sparsity=table.get("sparsity"),
         threshold=table.get("threshold"),
+        rounding=table.get("rounding", "nearest"),
     )
 
 

@@ -43,6 +43,7 @@ class TensorRecord:
     stored_bytes: int | None = None
     max_abs_error: float | None = None
     note: str | None = None
+    rounding: str | None = None  # uniform codes: "nearest" or "gptq"
 
     @property
     def parameters(self) -> int:
@@ -75,6 +76,7 @@ class TensorRecord:
             "stored_bytes": stored,
             "bits_per_weight": 8.0 * stored / n,
             "max_abs_error": self.max_abs_error,
+            "rounding": self.rounding,
             "note": self.note,
         }
 
