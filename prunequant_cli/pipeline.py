@@ -242,6 +242,7 @@ def search(
     sites, _ = select_weights(ws.model, exclude)
     started = time.perf_counter()  # the time budget covers preparing the probe too
     corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}
+    stats = _layer_statistics(ws.model, sites, comparison)
     folds = [Fold(*f) for f in comparison.calibration_folds()]
     probe = Probe(
         ws.model,
@@ -252,14 +253,16 @@ def search(
         evaluation.threads,
         [layer.bias for layer, _ in corrections.values()],
     )
-    result = run_search(ws.model, sites, probe, budget, time_budget, progress, corrections, started)
+    result = run_search(
+        ws.model, sites, probe, budget, time_budget, progress, corrections, started, stats
+    )
     del probe
     config = CompressConfig(
         per_tensor=result.config.per_tensor, exclude=exclude, bias_correction=bias_correction
     )
     comment = f"chosen by a search for: {budget.words()}"
     write_text_atomic(recipe_path, recipe_text(config, comment), "recipe")
-    report = _compress_workspace(ws, out, config, gates, progress, corrections)
+    report = _compress_workspace(ws, out, config, gates, progress, corrections, stats=stats)
     report.search = {**result.to_dict(), "recipe": str(recipe_path)}
     if not report.passed:
         missed = "; ".join(
@@ -292,29 +295,18 @@ def _bias_corrections(
 
 
 def _layer_statistics(
-    ir_model: ir.Model,
-    sites: list[Any],
-    config: CompressConfig,
-    comparison: Comparison | None,
-    notes: list[str],
+    ir_model: ir.Model, sites: list[Any], comparison: Comparison
 ) -> dict[str, list[np.ndarray]]:
-    """Layer-input statistics of the weights that --rounding gptq rounds, from the
-    calibration samples; says which weights keep nearest rounding and why."""
-    gptq = [s for s in sites if config.for_tensor(s.name).rounding == "gptq"]
-    if not gptq or comparison is None:
-        return {}
+    """Layer-input statistics (H = XᵀX) of the weights GPTQ can round, from all calibration
+    samples: the same whether a search or a replay of its recipe computes them."""
     from prunequant_cli.calibrate import layer_statistics
 
-    stats, skipped = layer_statistics(
+    stats, _ = layer_statistics(
         ir_model,
-        gptq,
+        sites,
         comparison.calibration_batches or [],
         comparison.config.threads,
         {s.name: s.batch_axis for s in comparison.specs},
-    )
-    notes.append(
-        f"--rounding gptq: {len(stats)} weight(s) rounded from their layers' inputs on the "
-        "calibration samples" + (f"; {len(skipped)} kept nearest rounding" if skipped else "")
     )
     return stats
 
@@ -388,10 +380,12 @@ def _compress_workspace(
     progress: Progress,
     corrections: dict[str, tuple[Any, np.ndarray]] | None = None,
     started: float | None = None,
+    stats: dict[str, list[np.ndarray]] | None = None,
 ) -> CompressReport:
     """Apply ``config`` to the loaded model, write ``out``, verify it, and report.
 
-    ``corrections``: bias corrections already measured (by a search) on the calibration data.
+    ``corrections`` and ``stats``: bias corrections and layer-input statistics already
+    measured (by a search) on the calibration data.
     """
     started = time.perf_counter() if started is None else started
     ir_model, in_path, in_external = ws.model, ws.path, ws.external
@@ -427,7 +421,16 @@ def _compress_workspace(
             corrections = _bias_corrections(ir_model, sites, comparison)
         if corrections:
             notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases absorb the shift")
-    stats = _layer_statistics(ir_model, sites, config, comparison, notes)
+    gptq = [s for s in sites if config.for_tensor(s.name).rounding == "gptq"]
+    if gptq and comparison is not None:
+        if stats is None:
+            stats = _layer_statistics(ir_model, gptq, comparison)
+        rounded = sum(1 for s in gptq if s.name in stats)
+        notes.append(
+            f"--rounding gptq: {rounded} weight(s) rounded from their layers' inputs on the "
+            "calibration samples"
+            + (f"; {len(gptq) - rounded} kept nearest rounding" if rounded < len(gptq) else "")
+        )
     if dense is not None:
         for name, (removed, channels) in dense.channels.items():
             if name in records:

@@ -74,11 +74,22 @@ CANDIDATES: tuple[CompressConfig, ...] = (
     CompressConfig(bits=3, block_size=32),
     CompressConfig(bits=2, block_size=32),
 )
+# With layer-input statistics (calibration data), GPTQ-rounded codes are candidates too.
+GPTQ_CANDIDATES: tuple[CompressConfig, ...] = (
+    CompressConfig(bits=4, rounding="gptq"),
+    CompressConfig(bits=3, rounding="gptq"),
+    CompressConfig(bits=2, rounding="gptq"),
+    CompressConfig(bits=4, quant="asymmetric", rounding="gptq"),
+    CompressConfig(bits=3, quant="asymmetric", rounding="gptq"),
+    CompressConfig(bits=4, block_size=32, rounding="gptq"),
+    CompressConfig(bits=3, block_size=32, rounding="gptq"),
+    CompressConfig(bits=4, sparsity=0.5, rounding="gptq"),
+)
 
 
 def label(config: CompressConfig) -> str:
     """'int4', 'int4/32' (a scale per 32 weights), 'int4-zp' (with a zero point), 'codebook3',
-    'int4 50% pruned', 'float'."""
+    'int4 gptq' (GPTQ rounding), 'int4 50% pruned', 'float'."""
     if config.bits is None:
         return "float"
     name = f"codebook{config.bits}" if config.quant == "codebook" else f"int{config.bits}"
@@ -86,6 +97,8 @@ def label(config: CompressConfig) -> str:
         name += f"/{config.block_size}"
     if config.quant == "asymmetric":
         name += "-zp"
+    if config.rounding == "gptq":
+        name += " gptq"
     if config.sparsity:
         name += f" {config.sparsity:.0%} pruned"
     return name
@@ -279,13 +292,17 @@ def _pareto(tried: list[tuple[str, int, Quality]]) -> set[tuple[str, int]]:
 
 
 def _payload(
-    site: WeightSite, w: np.ndarray, config: CompressConfig, opset: int
+    site: WeightSite,
+    w: np.ndarray,
+    config: CompressConfig,
+    opset: int,
+    stats: Sequence[np.ndarray] | None = None,
 ) -> encodings.Payload:
-    """The weight ``w`` pruned and quantized as ``config`` says."""
+    """The weight ``w`` pruned and quantized as ``config`` says (the quantize pass's codec)."""
     pruned = w
     if config.sparsity:
         pruned = pruning.apply_zero_mask(w, pruning.magnitude_cut(w, config.sparsity).mask(w))
-    return make_payload(pruned, site, config, bool(config.sparsity), opset)
+    return make_payload(pruned, site, config, bool(config.sparsity), opset, stats)
 
 
 def _hull(options: list[Option]) -> list[Option]:
@@ -327,11 +344,15 @@ def run_search(
     progress: Progress = NO_PROGRESS,
     corrections: Mapping[str, tuple[Correctable, np.ndarray]] | None = None,
     started: float | None = None,
+    stats: Mapping[str, Sequence[np.ndarray]] | None = None,
 ) -> SearchResult:
     """Choose per-weight settings: the smallest configuration whose quality stays in budget.
 
     With ``corrections`` (bias correction on), each candidate weight comes with its
     corrected bias, so what is measured is what the written model computes.
+
+    With ``stats`` (layer-input statistics of the calibration samples), GPTQ-rounded codes
+    are candidates for the weights that have them.
 
     ``time_budget`` bounds the whole search from ``started`` (default: now; the caller
     passes when it began preparing the probe): no measurement starts that the last one
@@ -344,6 +365,8 @@ def run_search(
     shared = encodings.SharedConstants(encodings.NameAuthority(model), opset)
     usable = [s for s in sites if s.name in probe.overridable]
     corrections = corrections or {}
+    stats = stats or {}
+    candidates = CANDIDATES + (GPTQ_CANDIDATES if stats else ())
 
     def overrides_for(
         site: WeightSite, w: np.ndarray, decoded: np.ndarray
@@ -360,7 +383,7 @@ def run_search(
 
     sensitivity: dict[str, list[Option]] = {}
     out_of_time = False
-    progress.stage("sensitivity", len(usable) * len(CANDIDATES))
+    progress.stage("sensitivity", len(usable) * len(candidates))
     # Largest weights first: they hold the most bytes, so a time limit costs the least.
     for site in sorted(usable, key=lambda s: -int(s.value.const_value.nbytes)):  # type: ignore[union-attr]
         tensor = site.value.const_value
@@ -382,13 +405,15 @@ def run_search(
                 options.append(Option(INT8, enc.cost(site.graph, payload, shared), guess))
             sensitivity[site.name] = options
             continue
-        for config in CANDIDATES:
+        for config in candidates:
+            if config.rounding == "gptq" and site.name not in stats:
+                continue
             progress.advance()
             if not clock.fits("subset", 0.5):
                 out_of_time = True
                 break
             t0 = time.perf_counter()
-            payload = _payload(site, w, config, opset)
+            payload = _payload(site, w, config, opset, stats.get(site.name))
             enc = encodings.choose(payload, opset, encodings.FORMATS["auto"], site.graph, shared)
             if enc is None:
                 continue
@@ -434,7 +459,8 @@ def run_search(
             if found is None:
                 site = by_name[n]
                 w = site.value.const_value.numpy()  # type: ignore[union-attr]
-                decoded = _payload(site, w, o.config, opset).decode().astype(w.dtype)
+                decoded = _payload(site, w, o.config, opset, stats.get(n)).decode()
+                decoded = decoded.astype(w.dtype)
                 found = overrides_for(site, w, decoded)
                 if store:
                     cache[key] = found
@@ -475,7 +501,7 @@ def run_search(
     tried.append(("all float", weight_bytes(best_state), best_q))
     # Every single global setting (measured where all weights have it); all int8 even when
     # time is up, so that a search always gets one verified chance to compress.
-    for config in CANDIDATES:
+    for config in candidates:
         if config is not INT8 and not clock.fits("full", share):
             out_of_time = True
             break
