@@ -11,6 +11,7 @@ Modes, one prunequant process per model and mode, each given the kit's task metr
 ``labels`` of the split files, see ``real_metrics.py``):
 
 * ``bits8`` / ``bits4``: ``--bits N --data holdout``; the metric is reported, not gated;
+* ``gptq4``: ``--bits 4 --rounding gptq --calibration-data calibration --data holdout``;
 * ``search``: ``--calibration-data calibration --data holdout --max-metric-drop D``
   (``D`` = ``PRUNEQUANT_BENCH_METRIC_DROP``, default 0.02, absolute on the metric's scale);
   ``--min-cosine 0.99`` instead, without ``--metric``, for a model whose metric cannot be
@@ -26,7 +27,7 @@ difference, the kit's fidelity cosine, the latency ratio (candidate / fp32, kit'
 single-thread medians), the wall seconds of the prunequant run and the peak RSS of its
 process tree.
 
-Usage: ``python bench/bench_real.py [--models a,b] [--modes bits8,bits4,search]``.
+Usage: ``python bench/bench_real.py [--models a,b] [--modes bits8,bits4,gptq4,search]``.
 Environment: ``PRUNEQUANT_REALMODELS`` (kit cache, default ``~/.cache/prunequant/realmodels``),
 ``PRUNEQUANT_SHARED`` (default: ``shared/`` next to the repository),
 ``PRUNEQUANT_BENCH_TIME_BUDGET`` (search ``--time-budget``, default 240 s),
@@ -56,7 +57,7 @@ import real_splits
 from real_splits import Split
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("bits8", "bits4", "search")
+MODES = ("bits8", "bits4", "gptq4", "search")
 DEFAULT_MODES = MODES
 METRIC_FILE = REPO / "bench" / "real_metrics.py"
 # The search's budget: the task metric may drop this much (absolute, the metric's scale).
@@ -181,6 +182,10 @@ def mode_args(mode: str, split: Split, out_of_sample: bool, budget: str) -> tupl
             hold,
             *metric_args(split.name, mode),
         ], "holdout"
+    if mode == "gptq4":
+        cal = str(split.calibration)
+        args = ["--bits", "4", "--rounding", "gptq", *metric_args(split.name, mode)]
+        return [*args, "--calibration-data", cal, "--data", hold], "calibration + holdout"
     if mode == "search":
         cal = str(split.calibration)
         common = [*metric_args(split.name, mode), "--time-budget", budget]
@@ -375,7 +380,9 @@ def summary(rows: list[Row], modes: list[str]) -> tuple[list[str], list[dict[str
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", help="comma-separated subset of the kit's models (default: all)")
-    p.add_argument("--modes", default=",".join(DEFAULT_MODES), help="subset of bits8,bits4,search")
+    p.add_argument(
+        "--modes", default=",".join(DEFAULT_MODES), help="subset of bits8,bits4,gptq4,search"
+    )
     p.add_argument(
         "--in-sample",
         action="store_true",
