@@ -110,11 +110,6 @@ def zero_point(w: np.ndarray, axis: int, scale: np.ndarray, bits: int) -> np.nda
     return zero.astype(np.int8)
 
 
-def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The float weights that the codes stand for, as the decoder computes them."""
-    return codes.astype(scale.dtype) * scale
-
-
 def pack_planar(values: np.ndarray, bits: int) -> np.ndarray:
     """Pack unsigned ``bits``-bit values (bits in 1, 2, 4) into bytes, planar.
 

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from prunequant_cli.encodings import Payload
 from prunequant_cli.quantization import (
     asymmetric_scale,
-    dequantize,
     half_scale,
     per_channel_scale,
     qmax,
     quantize,
     zero_point,
 )
+
+
+def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """What the product decodes: the shipped payload's decode (the numpy reference the
+    onnxruntime decoders are checked against, bit for bit, in test_encodings)."""
+    dtype = {np.dtype(np.float32): ir.DataType.FLOAT, np.dtype(np.float16): ir.DataType.FLOAT16}
+    payload = Payload("w", codes.shape, dtype[scale.dtype], 0, 8, codes=codes, scale=scale)
+    return payload.decode()
+
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 weights = st.integers(1, 3).flatmap(
