@@ -43,34 +43,37 @@ def gptq(
     that may be non-zero (pruned ones keep their zero code). Returns int codes, like ``w``.
     """
     rows, k = w.shape
-    work = w.astype(np.float64, copy=True)
+    # Column j of W is row j here: every step reads and updates contiguous memory.
+    work = np.ascontiguousarray(w.T, dtype=np.float64)
     h = h.astype(np.float64, copy=True)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     h += np.eye(k) * DAMP * float(np.mean(np.diag(h)))
     u = _inverse_cholesky_upper(h)
-    codes = np.zeros((rows, k), dtype=np.int64)
+    codes = np.zeros((k, rows), dtype=np.int64)
+    keep_t = None if keep is None else np.ascontiguousarray(keep.T)
+    zeros = np.zeros(rows)
     for start in range(0, k, BLOCK):
         stop = min(start + BLOCK, k)
-        errors = np.zeros((rows, stop - start))
+        errors = np.zeros((stop - start, rows))
         for j in range(start, stop):
-            col = work[:, j]
+            col = work[j]
             q = quantize(col, j).astype(np.int64)
-            if keep is not None:
-                q = np.where(keep[:, j], q, quantize(np.zeros(rows), j).astype(np.int64))
-            codes[:, j] = q
-            decoded = _decoded(quantize, q, j)
-            err = (col - decoded) / u[j, j]
+            if keep_t is not None:
+                q = np.where(keep_t[j], q, quantize(zeros, j).astype(np.int64))
+            codes[j] = q
             if dead[j]:
-                err = np.zeros_like(err)
-            if keep is not None:
-                err = np.where(keep[:, j], err, 0.0)
-            work[:, j + 1 : stop] -= np.outer(err, u[j, j + 1 : stop])
-            errors[:, j - start] = err
-        work[:, stop:] -= errors @ u[start:stop, stop:]
-        if keep is not None:
-            work[:, stop:][~keep[:, stop:]] = 0.0
-    return codes
+                continue
+            err = (col - _decoded(quantize, q, j)) / u[j, j]
+            if keep_t is not None:
+                err[~keep_t[j]] = 0.0
+            work[j + 1 : stop] -= np.outer(u[j, j + 1 : stop], err)
+            errors[j - start] = err
+        if stop < k:
+            work[stop:] -= u[start:stop, stop:].T @ errors
+            if keep_t is not None:
+                work[stop:][~keep_t[stop:]] = 0.0
+    return np.ascontiguousarray(codes.T)
 
 
 def _decoded(
@@ -83,13 +86,16 @@ def _decoded(
 
 
 def _inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of H⁻¹ (damped more if H is not positive definite)."""
+    """The upper triangular U with UᵀU = H⁻¹ (damped more if H is not positive definite).
+
+    With J the order reversal, chol(JHJ) = L gives H = (JLJ)(JLJ)ᵀ with JLJ upper
+    triangular, so U = (JLJ)⁻¹ = J L⁻¹ J: one factorisation and one inverse.
+    """
     damp = DAMP * float(np.mean(np.diag(h)))
     for _ in range(8):
         try:
-            lower = np.linalg.cholesky(h)
-            inv = np.linalg.inv(lower)
-            return np.linalg.cholesky(inv.T @ inv).T
+            lower = np.linalg.cholesky(h[::-1, ::-1])
+            return np.ascontiguousarray(np.linalg.inv(lower)[::-1, ::-1])
         except np.linalg.LinAlgError:
             h = h + np.eye(len(h)) * damp
             damp *= 10
@@ -107,16 +113,19 @@ class ColumnQuantizer:
         self.scale = scale.astype(np.float64)
         self.zero = None if zero is None else zero.astype(np.float64)
         self.lo, self.hi = lo, hi
+        # per column, contiguous
+        self._scale = np.ascontiguousarray(self.scale.T)
+        self._zero = None if self.zero is None else np.ascontiguousarray(self.zero.T)
 
     def __call__(self, col: np.ndarray, j: int) -> np.ndarray:
-        q = np.rint(col / self.scale[:, j])
-        if self.zero is not None:
-            q += self.zero[:, j]
+        q = np.rint(col / self._scale[j])
+        if self._zero is not None:
+            q += self._zero[j]
         return np.clip(q, self.lo, self.hi)
 
     def decode(self, q: np.ndarray, j: int) -> np.ndarray:
-        z = 0.0 if self.zero is None else self.zero[:, j]
-        return (q - z) * self.scale[:, j]
+        z = 0.0 if self._zero is None else self._zero[j]
+        return (q - z) * self._scale[j]
 
 
 def output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
