@@ -1,7 +1,8 @@
 """Layer-input statistics for data-aware rounding, recorded from the original model.
 
 For each weight that GPTQ can round (the weight input of a MatMul, a Gemm with
-transA = 0, or a 1-D/2-D Conv in the main graph, used once), the layer's input is exposed
+transA = 0, a 1-D/2-D Conv, or the W and R matrices of an LSTM/GRU/RNN, in the main graph,
+used once), the layer's input is exposed
 as an extra output of the original model and run on the calibration batches, in pieces
 small enough that the exposed activations stay near ``evaluate.EXPOSED_BYTES``. Each piece
 adds XᵀX to a float64 matrix H of the layer's K inputs (for a Conv, its im2col patches
@@ -32,7 +33,13 @@ class Layer:
     node: ir.Node
     activation: str  # the layer's input
     inputs: int  # K: how many inputs each output row reads
-    groups: int = 1
+    groups: int = 1  # Conv groups, or recurrent directions: one H each
+    recurrent: str = ""  # "W" or "R" of an LSTM/GRU/RNN
+    initial: str = ""  # a recurrent R's initial hidden state input (may be absent)
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        return (self.activation, self.initial) if self.initial else (self.activation,)
 
 
 def layer_of(site: WeightSite, main: ir.Graph) -> Layer | str:
@@ -56,7 +63,27 @@ def layer_of(site: WeightSite, main: ir.Graph) -> Layer | str:
         return Layer(site.name, node, x.name, k)
     if op == "Conv" and idx == 1 and len(shape) in (3, 4):
         return Layer(site.name, node, x.name, k, node.attributes.get_int("group", 1))
+    if op in ("LSTM", "GRU", "RNN") and idx in (1, 2) and len(shape) == 3:
+        return _recurrent(site, node, idx, shape)
     return f"{op} input {idx} is not rounded with data"
+
+
+def _recurrent(site: WeightSite, node: ir.Node, idx: int, shape: tuple[int, ...]) -> Layer | str:
+    """W reads the sequence X; R reads the previous hidden states, which are the node's
+    output Y shifted by one step (the initial state first), per direction."""
+    dirs, k = shape[0], shape[2]
+    x = node.inputs[0]
+    assert x is not None and x.name
+    if idx == 1:
+        return Layer(site.name, node, x.name, k, dirs, "W")
+    y = node.outputs[0] if node.outputs else None
+    if y is None or not y.name:
+        return "its hidden states (output Y) are not computed"
+    h0 = node.inputs[5] if len(node.inputs) > 5 else None
+    initial = h0.name if h0 is not None and h0.name and h0.const_value is None else ""
+    if h0 is not None and h0.name and h0.const_value is not None:
+        return "its initial hidden state is a constant"
+    return Layer(site.name, node, y.name, k, dirs, "R", initial)
 
 
 def _dims(value: ir.Value) -> tuple[int, ...]:
@@ -65,10 +92,15 @@ def _dims(value: ir.Value) -> tuple[int, ...]:
 
 
 def accumulate(
-    layer: Layer, x: np.ndarray, h: list[np.ndarray], weight_shape: tuple[int, ...]
+    layer: Layer,
+    piece: Mapping[str, np.ndarray],
+    h: list[np.ndarray],
+    weight_shape: tuple[int, ...],
 ) -> int:
     """Add this piece's XᵀX to ``h`` (one matrix per group); returns the rows added."""
-    x = np.asarray(x)
+    x = np.asarray(piece[layer.activation])
+    if layer.recurrent:
+        return _accumulate_recurrent(layer, x, piece.get(layer.initial), h)
     if layer.node.op_type != "Conv":
         flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
         h[0] += flat.T @ flat
@@ -79,6 +111,41 @@ def accumulate(
             h[g] += part.T @ part
         rows += cols[0].shape[0]
     return rows
+
+
+def _accumulate_recurrent(
+    layer: Layer, x: np.ndarray, initial: np.ndarray | None, h: list[np.ndarray]
+) -> int:
+    """W: every step's input, for each direction. R: each direction's previous hidden
+    states: Y [seq, dirs, batch, hidden] shifted by one step toward the direction's start,
+    the initial state (zeros when not given) in the first step."""
+    batch_first = bool(layer.node.attributes.get_int("layout", 0))
+    if layer.recurrent == "W":
+        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        xtx = flat.T @ flat
+        for g in range(len(h)):
+            h[g] += xtx
+        return flat.shape[0]
+    y = np.moveaxis(x, 0, 1) if batch_first else x  # -> [seq, batch, dirs, hidden]
+    if not batch_first:
+        y = np.moveaxis(y, 1, 2)  # [seq, dirs, batch, hidden] -> [seq, batch, dirs, hidden]
+    steps, batch, dirs, hidden = y.shape
+    if initial is None:
+        h0 = np.zeros((batch, dirs, hidden))
+    else:
+        h0 = np.asarray(initial)  # [dirs, batch, hidden], or [batch, dirs, hidden]
+        h0 = h0 if batch_first else np.moveaxis(h0, 0, 1)
+    direction = layer.node.attributes.get_string("direction", "forward")
+    for d in range(dirs):
+        reverse = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        states = y[:, :, d].astype(np.float64)
+        first = h0[None, :, d].astype(np.float64)
+        prev = (
+            np.concatenate([states[1:], first]) if reverse else np.concatenate([first, states[:-1]])
+        )
+        flat = prev.reshape(-1, hidden)
+        h[d] += flat.T @ flat
+    return steps * batch
 
 
 def _patches(
@@ -164,10 +231,10 @@ def layer_statistics(
         n: [np.zeros((layer.inputs, layer.inputs)) for _ in range(layer.groups)]
         for n, layer in layers.items()
     }
-    names = sorted({layer.activation for layer in layers.values()})
+    names = sorted({a for layer in layers.values() for a in layer.activations})
     if not names:
         return {}, skipped
     for piece in exposed_activations(model, names, batches, threads, axes):
         for n, layer in layers.items():
-            accumulate(layer, piece[layer.activation], stats[n], shapes[n])
+            accumulate(layer, piece, stats[n], shapes[n])
     return stats, skipped

@@ -6,8 +6,10 @@ along that input's batch axis. Same-shaped files are concatenated into one group
 batch by batch, so OCR lines of different widths need no padding.
 
 The batch axis of each input comes from the model: the axis that carries the batch's
-symbolic dimension (``state [2, batch, 128]`` has it on axis 1); scalar inputs (rank 0)
-are shared by all samples; otherwise axis 0.
+symbolic dimension (``state [2, batch, 128]`` has it on axis 1), the batch being the symbol
+that leads the first input that starts with one, else the symbol most inputs share (a
+recurrent model's ``x [time, batch, features]``); scalar inputs (rank 0) are shared by all
+samples; otherwise axis 0.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def input_specs(session: Any) -> list[InputSpec]:
         symbols = tuple(d if isinstance(d, str) and d else None for d in i.shape)
         raw.append((i.name, dtype, shape, symbols))
     batch_symbol = next((s[0] for _, _, _, s in raw if s and s[0] is not None), None)
+    if batch_symbol is None:  # no input leads with a symbol: the one most inputs share
+        counts: dict[str, int] = {}
+        for _, _, _, symbols in raw:
+            for sym in dict.fromkeys(x for x in symbols if x is not None):
+                counts[sym] = counts.get(sym, 0) + 1
+        batch_symbol = max(counts, key=lambda k: counts[k], default=None)
     specs = []
     for name, dtype, shape, symbols in raw:
         axis: int | None = 0 if shape else None

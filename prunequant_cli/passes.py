@@ -245,33 +245,60 @@ def _gptq_codes(
     bits: int,
     pruned: bool,
 ) -> np.ndarray:
-    """The payload's codes re-chosen by GPTQ: the weight as a matrix [output rows, inputs]
-    (Conv kernels flattened as im2col reads them), the same scales and zero points."""
+    """The payload's codes re-chosen by GPTQ, with the same scales and zero points.
+
+    The weight is seen as matrices [output rows, inputs]: Conv kernels flattened as im2col
+    reads them, one row group per Conv group; a recurrent W or R [directions, gates, inputs]
+    as one matrix per direction. ``stats`` holds one H per group or direction.
+    """
     assert p.scale is not None
-    axis, rows = site.axis % w.ndim, w.shape[site.axis]
     scale = p.scale.astype(np.float64)
     if p.block_size:
         scale = np.repeat(scale, p.block_size, axis=p.block_axis)
+    scale = np.broadcast_to(scale, w.shape)
+    zero = None if p.zero_point is None else np.broadcast_to(p.zero_point, w.shape)
+    m = quantization.qmax(bits)
+    lo = -m if zero is None else -m - 1
+    if set(site.op_types) & {"LSTM", "GRU", "RNN"}:  # [directions, gates, inputs]
+        parts = [
+            (w[d], scale[d], None if zero is None else zero[d], stats[d]) for d in range(w.shape[0])
+        ]
+        codes = [_gptq_matrix(*part, lo, m, pruned) for part in parts]
+        return np.stack(codes).astype(np.int8)
+    axis, rows = site.axis % w.ndim, w.shape[site.axis]
 
     def matrix(a: np.ndarray) -> np.ndarray:
-        return np.moveaxis(np.broadcast_to(a, w.shape), axis, 0).reshape(rows, -1)
+        return np.moveaxis(a, axis, 0).reshape(rows, -1)
 
-    m = quantization.qmax(bits)
-    zero = None if p.zero_point is None else matrix(p.zero_point)
-    lo = -m if zero is None else -m - 1
-    quantizer = rounding.ColumnQuantizer(matrix(scale), zero, lo, m)
-    weights = matrix(w)
-    keep = weights != 0 if pruned else None
-    codes = np.empty(weights.shape, dtype=np.int64)
     per_group = rows // len(stats)
+    out = np.empty((rows, w.size // rows), dtype=np.int64)
     for g, h in enumerate(stats):
         part = slice(g * per_group, (g + 1) * per_group)
-        group_q = rounding.ColumnQuantizer(
-            quantizer.scale[part], None if zero is None else zero[part], lo, m
+        out[part] = _gptq_matrix(
+            matrix(w)[part],
+            matrix(scale)[part],
+            None if zero is None else matrix(zero)[part],
+            h,
+            lo,
+            m,
+            pruned,
         )
-        codes[part] = rounding.gptq(weights[part], h, group_q, None if keep is None else keep[part])
     moved = np.moveaxis(w, axis, 0).shape
-    return np.moveaxis(codes.reshape(moved), 0, axis).astype(np.int8)
+    return np.moveaxis(out.reshape(moved), 0, axis).astype(np.int8)
+
+
+def _gptq_matrix(
+    w: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray | None,
+    h: np.ndarray,
+    lo: int,
+    hi: int,
+    pruned: bool,
+) -> np.ndarray:
+    """GPTQ codes of one weight matrix [rows, inputs] with its scales (and zero points)."""
+    quantizer = rounding.ColumnQuantizer(scale, zero, lo, hi)
+    return rounding.gptq(w, h, quantizer, (w != 0) if pruned else None)
 
 
 def _stored_scale(scale: np.ndarray) -> np.ndarray:

@@ -168,3 +168,42 @@ def test_rounding_misuse_is_a_usage_error(tmp_path, args, message):
     )
     assert r.exit_code == 2 and message in r.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_recurrent_weights_are_rounded_from_their_inputs(tmp_path, op, direction):
+    """W from the input sequence, R from the previous hidden states (Y shifted by a step)."""
+    hidden, features, dirs = 16, 12, 2 if direction == "bidirectional" else 1
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    model = make_model(
+        [
+            helper.make_node(
+                op, ["x", "W", "R", "B", "", "h0"], ["Y"], hidden_size=hidden, direction=direction
+            )
+        ],
+        [("x", FLOAT, [10, "N", features]), ("h0", FLOAT, [dirs, "N", hidden])],
+        [("Y", FLOAT, [10, dirs, "N", hidden])],
+        [
+            tensor("W", rand((dirs, gates * hidden, features), seed=6) * 0.3),
+            tensor("R", rand((dirs, gates * hidden, hidden), seed=7) * 0.3),
+            tensor("B", np.zeros((dirs, 2 * gates * hidden), np.float32)),
+        ],
+    )
+    src = tmp_path / "rnn.onnx"
+    onnx.save(model, src)
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((10, 64, 3)) @ rng.standard_normal((3, features))
+    x = (base + 0.05 * rng.standard_normal((10, 64, features))).astype(np.float32)
+    h0 = (0.1 * rng.standard_normal((dirs, 64, hidden))).astype(np.float32)
+    cal, held = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(cal, x=x[:, :32], h0=h0[:, :32])
+    np.savez(held, x=x[:, 32:], h0=h0[:, 32:])
+    near = _compress(src, tmp_path / "n.onnx", "--bits", "3", "--data", held)
+    out = tmp_path / "g.onnx"
+    doc = _compress(
+        src, out, "--bits", "3", "--rounding", "gptq", "--data", held, "--calibration-data", cal
+    )
+    assert {t["name"]: t["rounding"] for t in doc["tensors"]} == {"W": "gptq", "R": "gptq"}
+    assert doc["evaluation"]["outputs"][0]["sqnr_db"] > near["evaluation"]["outputs"][0]["sqnr_db"]
+    run_both(src, out, {"x": x[:, 32:], "h0": h0[:, 32:]})
