@@ -7,7 +7,8 @@ as an extra output of the original model and run on the calibration batches, in 
 small enough that the exposed activations stay near ``evaluate.EXPOSED_BYTES``. Each piece
 adds XᵀX to a float64 matrix H of the layer's K inputs (for a Conv, its im2col patches
 of C/group × kernel values, one H per group), so memory is one K×K matrix per weight and
-one piece of activations, never all activations.
+one piece of activations, never all activations; all kept statistics together stay under
+MAX_STATS_BYTES (weights past it keep nearest rounding).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from prunequant_cli.selection import WeightSite
 
-# Largest layer input width whose K×K statistics are kept (8192² float64 is 512 MiB).
+# Largest layer input width whose K×K statistics are kept (8192² float64 is 512 MiB), and
+# the most bytes all kept statistics may take together.
 MAX_INPUTS = 8192
+MAX_STATS_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ def layer_statistics(
     layers: dict[str, Layer] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     skipped: dict[str, str] = {}
+    total = 0
     for site in sites:
         found = layer_of(site, model.graph)
         if isinstance(found, str):
@@ -226,6 +230,11 @@ def layer_statistics(
         if found.inputs > MAX_INPUTS:
             skipped[site.name] = f"{found.inputs} inputs per row: statistics too large"
             continue
+        cost = 8 * found.inputs**2 * found.groups
+        if total + cost > MAX_STATS_BYTES:
+            skipped[site.name] = "the statistics of the other weights fill the memory budget"
+            continue
+        total += cost
         layers[site.name], shapes[site.name] = found, _dims(site.value)
     stats = {
         n: [np.zeros((layer.inputs, layer.inputs)) for _ in range(layer.groups)]
