@@ -252,7 +252,13 @@ class SearchResult:
             "quality": self.quality.to_dict(),
             "settings": {name: label(c) for name, c in sorted(self.config.per_tensor.items())},
             "sensitivity": [
-                {"tensor": name, "setting": label(o.config), "bytes": o.bytes, "damage": o.damage}
+                {
+                    "tensor": name,
+                    "setting": label(o.config),
+                    "bytes": o.bytes,
+                    # a setting that made an output non-finite did unbounded damage
+                    "damage": o.damage if math.isfinite(o.damage) else None,
+                }
                 for name, options in self.sensitivity.items()
                 for o in options
             ],

@@ -285,3 +285,21 @@ def test_weights_inside_if_branches_are_searched(tmp_path):
     report = search(src, tmp_path / "o.onnx", GateConfig(min_cosine=0.99), EV)
     assert set(report.search["settings"]) == {"W", "V"}  # V lives in the else branch
     assert report.passed
+
+
+def test_unbounded_damage_is_null_in_the_json():
+    import math
+
+    from prunequant_cli.judge import Budget, Quality
+    from prunequant_cli.search import FLOAT, Option, SearchResult
+
+    q = Quality(outputs=[], kinds={}, samples=1)
+    result = SearchResult(
+        config=CompressConfig(),
+        chosen="float",
+        budget=Budget(min_cosine=0.9),
+        quality=q,
+        sensitivity={"w": [Option(FLOAT, 10, 0.0), Option(CompressConfig(bits=2), 1, math.inf)]},
+    )
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert [s["damage"] for s in doc["sensitivity"]] == [0.0, None]
