@@ -214,28 +214,43 @@ def layer_statistics(
     batches: list[dict[str, np.ndarray]],
     threads: int,
     axes: Mapping[str, int | None],
+    budget: int = MAX_STATS_BYTES,
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
-    """H = Σ XᵀX per group for every weight GPTQ can round, and why the others cannot."""
+    """H = Σ XᵀX per group for every weight GPTQ can round, and why the others cannot.
+
+    The statistics of all weights together stay within ``budget`` bytes; when they would
+    not, the weights with the most weight bytes per statistics byte are kept (GPTQ pays
+    off by the bytes it lets go to fewer bits, and costs K² of memory).
+    """
     from prunequant_cli.evaluate import exposed_activations
 
-    layers: dict[str, Layer] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    found_layers: list[tuple[WeightSite, Layer]] = []
     skipped: dict[str, str] = {}
-    total = 0
     for site in sites:
         found = layer_of(site, model.graph)
         if isinstance(found, str):
             skipped[site.name] = found
-            continue
-        if found.inputs > MAX_INPUTS:
+        elif found.inputs > MAX_INPUTS:
             skipped[site.name] = f"{found.inputs} inputs per row: statistics too large"
+        else:
+            found_layers.append((site, found))
+
+    def cost(layer: Layer) -> int:
+        return 8 * layer.inputs**2 * layer.groups
+
+    def worth(item: tuple[WeightSite, Layer]) -> tuple[float, str]:
+        site, layer = item
+        return (-int(np.prod(_dims(site.value))) / cost(layer), site.name)
+
+    layers: dict[str, Layer] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    total = 0
+    for site, layer in sorted(found_layers, key=worth):
+        if total + cost(layer) > budget:
+            skipped[site.name] = "the statistics of other weights fill the memory budget"
             continue
-        cost = 8 * found.inputs**2 * found.groups
-        if total + cost > MAX_STATS_BYTES:
-            skipped[site.name] = "the statistics of the other weights fill the memory budget"
-            continue
-        total += cost
-        layers[site.name], shapes[site.name] = found, _dims(site.value)
+        total += cost(layer)
+        layers[site.name], shapes[site.name] = layer, _dims(site.value)
     stats = {
         n: [np.zeros((layer.inputs, layer.inputs)) for _ in range(layer.groups)]
         for n, layer in layers.items()

@@ -242,7 +242,12 @@ def search(
     sites, _ = select_weights(ws.model, exclude)
     started = time.perf_counter()  # the time budget covers preparing the probe too
     corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}
-    stats = _layer_statistics(ws.model, sites, comparison)
+    float_bytes = 0
+    for site in sites:
+        tensor = site.value.const_value
+        float_bytes += 0 if tensor is None else int(tensor.nbytes)
+    stats_budget = max(SEARCH_STATS_MIN, SEARCH_STATS_SHARE * float_bytes)
+    stats = _layer_statistics(ws.model, sites, comparison, stats_budget)
     folds = [Fold(*f) for f in comparison.calibration_folds()]
     probe = Probe(
         ws.model,
@@ -295,11 +300,12 @@ def _bias_corrections(
 
 
 def _layer_statistics(
-    ir_model: ir.Model, sites: list[Any], comparison: Comparison
+    ir_model: ir.Model, sites: list[Any], comparison: Comparison, budget: int | None = None
 ) -> dict[str, list[np.ndarray]]:
     """Layer-input statistics (H = XᵀX) of the weights GPTQ can round, from all calibration
-    samples: the same whether a search or a replay of its recipe computes them."""
-    from prunequant_cli.calibrate import layer_statistics
+    samples: the same whether a search or a replay of its recipe computes them (a replay
+    only computes those of the weights its recipe rounds with GPTQ)."""
+    from prunequant_cli.calibrate import MAX_STATS_BYTES, layer_statistics
 
     stats, _ = layer_statistics(
         ir_model,
@@ -307,8 +313,16 @@ def _layer_statistics(
         comparison.calibration_batches or [],
         comparison.config.threads,
         {s.name: s.batch_axis for s in comparison.specs},
+        MAX_STATS_BYTES if budget is None else budget,
     )
     return stats
+
+
+# A search holds the statistics of every weight it may round with GPTQ for its whole run:
+# at most this many times the model's weight bytes (and at least SEARCH_STATS_MIN bytes),
+# so that it stays within a small multiple of a plain run's memory.
+SEARCH_STATS_SHARE = 2
+SEARCH_STATS_MIN = 64 << 20
 
 
 def _label(config: CompressConfig) -> str:
