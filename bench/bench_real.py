@@ -389,11 +389,54 @@ def parse_args() -> argparse.Namespace:
         help="search with --data calibration even if --calibration-data exists",
     )
     p.add_argument("--output", type=Path, default=REPO / "build" / "bench_real.json")
+    p.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        help="print the condensed per-model table of these bench_real.json files (later "
+        "files' rows win) and exit",
+    )
     return p.parse_args()
+
+
+def condensed(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per model: each mode's file ratio and held-out metric change (the README's
+    table). ``rows`` are bench_real.json rows; a later row of a model and mode wins."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        last[(r["model"], r["mode"])] = r
+    modes = [m for m in MODES if any(k[1] == m for k in last)]
+    models = list(dict.fromkeys(k[0] for k in last))
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return ""
+        if r.get("file_ratio") is None:
+            return f"exit {r.get('exit_code')}"
+        missed = r.get("pq_gate") in (False, "FAIL")
+        delta = r.get("delta")
+        change = "—" if delta is None else f"{delta:+.4f}"
+        return f"×{r['file_ratio']:.2f}, {change}" + (", missed its budget" if missed else "")
+
+    out = [
+        "| model | metric (fp32, held-out) | " + " | ".join(modes) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in modes) + " |",
+    ]
+    for name in models:
+        some = next(r for k, r in last.items() if k[0] == name)
+        fp32 = f"{some.get('metric') or ''} {fmt(some.get('fp32'), 4)}".strip()
+        out.append(
+            f"| {name} | {fp32} | " + " | ".join(cell(last.get((name, m))) for m in modes) + " |"
+        )
+    return out
 
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        rows = [r for path in args.table for r in json.loads(path.read_text())["rows"]]
+        print("\n".join(condensed(rows)))
+        return
     src = locate_kit_source()
     cache = build_kit(src)
     manifest = json.loads((cache / "manifest.json").read_text())
@@ -455,6 +498,8 @@ def main() -> None:
     print("\n".join(table(rows)) + "\n")
     print(f"Per mode (a model holds when its metric drops by at most {WITHIN}):\n")
     print("\n".join(lines))
+    print("\nCondensed (file ×, held-out metric change; whether a search missed its budget):\n")
+    print("\n".join(condensed([asdict(r) for r in rows])))
     log(f"bench-real: {len(jobs)} runs in {total:.0f} s")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
