@@ -7,9 +7,9 @@ batch by batch, so OCR lines of different widths need no padding.
 
 The batch axis of each input comes from the model: the axis that carries the batch's
 symbolic dimension (``state [2, batch, 128]`` has it on axis 1), the batch being the symbol
-that leads the first input that starts with one, else the symbol most inputs share (a
-recurrent model's ``x [time, batch, features]``); scalar inputs (rank 0) are shared by all
-samples; otherwise axis 0.
+in the most inputs among those that lead an input or appear in several (a recurrent model's
+``x [time, batch, features]`` beside ``h0 [1, batch, hidden]``); scalar inputs and, when there
+is a batch symbol, fixed-shape inputs without it are shared by all samples; otherwise axis 0.
 """
 
 from __future__ import annotations
@@ -63,20 +63,34 @@ def input_specs(session: Any) -> list[InputSpec]:
         shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in i.shape)
         symbols = tuple(d if isinstance(d, str) and d else None for d in i.shape)
         raw.append((i.name, dtype, shape, symbols))
-    batch_symbol = next((s[0] for _, _, _, s in raw if s and s[0] is not None), None)
-    if batch_symbol is None:  # no input leads with a symbol: the one most inputs share
-        counts: dict[str, int] = {}
-        for _, _, _, symbols in raw:
-            for sym in dict.fromkeys(x for x in symbols if x is not None):
-                counts[sym] = counts.get(sym, 0) + 1
-        batch_symbol = max(counts, key=lambda k: counts[k], default=None)
+    batch_symbol = _batch_symbol([symbols for _, _, _, symbols in raw])
     specs = []
     for name, dtype, shape, symbols in raw:
         axis: int | None = 0 if shape else None
-        if batch_symbol is not None and batch_symbol in symbols:
-            axis = symbols.index(batch_symbol)
+        if batch_symbol is not None:
+            if batch_symbol in symbols:
+                axis = symbols.index(batch_symbol)
+            elif all(d is not None for d in shape):
+                axis = None  # a fixed-shape side input (a scale, a table): shared
         specs.append(InputSpec(name, dtype, shape, symbols, axis))
     return specs
+
+
+def _batch_symbol(inputs: list[tuple[str | None, ...]]) -> str | None:
+    """The symbolic dimension that counts samples: of those that lead an input or appear in
+    several, the one in the most inputs, a leading one first (``x [time, batch, f]`` with
+    ``h0 [1, batch, h]`` has it in both), then the first seen."""
+    counts: dict[str, int] = {}
+    order: dict[str, int] = {}
+    leading = {s[0] for s in inputs if s and s[0] is not None}
+    for symbols in inputs:
+        for sym in dict.fromkeys(x for x in symbols if x is not None):
+            counts[sym] = counts.get(sym, 0) + 1
+            order.setdefault(sym, len(order))
+    candidates = [s for s in counts if counts[s] > 1 or s in leading]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda s: (counts[s], s in leading, -order[s]))
 
 
 def apply_input_shapes(
@@ -139,7 +153,7 @@ class Dataset:
                 }
             )
         labels = None if self.labels is None else self.labels[wanted]
-        return Dataset(groups, dict(self.axes), labels, self.source, self.path)
+        return Dataset(groups, dict(self.axes), labels, self.source, self.path, list(self.notes))
 
     def batches(self, batch_size: int, fixed: int | None) -> Iterator[dict[str, np.ndarray]]:
         """Runs the model accepts: each group cut along the batch axes."""
@@ -270,6 +284,8 @@ def load_dataset(path: Path, specs: list[InputSpec]) -> Dataset:
     labels: list[np.ndarray] = []
     raws = [g for _, arrays in _read_files(path) for g in _split_indexed(arrays)]
     if len(raws) > 1 and not all(_complete(r, specs) for r in raws):
+        if len(specs) == 1:  # one input: each file's one array is that input, whatever its name
+            raws = [_as_input(r, specs[0].name) for r in raws]
         raws = [_by_name(raws, axes)]
     for raw in raws:
         raw = dict(raw)
@@ -316,13 +332,23 @@ def load_dataset(path: Path, specs: list[InputSpec]) -> Dataset:
             raise UsageError(f"labels of the data files do not stack: {safe_text(e)}") from None
     if len(groups) > 1:
         notes.append(f"data in {len(groups)} groups of different shapes, run one by one")
-    return Dataset(groups, axes, all_labels, "data", path, notes)
+    dataset = Dataset(groups, axes, all_labels, "data", path, notes)
+    if dataset.samples == 0:
+        raise UsageError(f"data {safe_text(path)} has no samples")
+    return dataset
 
 
 def _complete(raw: dict[str, np.ndarray], specs: list[InputSpec]) -> bool:
     """Whether one file (or indexed sample) holds every input by itself."""
     have = set(raw) - {LABELS}
     return all(s.name in have for s in specs) or (len(specs) == 1 and len(have) == 1)
+
+
+def _as_input(raw: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    others = [k for k in raw if k != LABELS]
+    if len(others) == 1 and others[0] != name:
+        raw = {(name if k == others[0] else k): v for k, v in raw.items()}
+    return raw
 
 
 def _by_name(
@@ -410,14 +436,16 @@ def split_indices(
         strata = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     else:
         strata = [np.arange(n)]
+    # round(fraction × n) held out in all, shared among the classes by largest remainder
+    total = round(fraction * n)
+    quotas = [fraction * len(idx) for idx in strata]
+    counts = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(strata)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_remainder[: max(0, total - sum(counts))]:
+        counts[i] += 1
     held: list[int] = []
-    for idx in strata:
-        order = rng.permutation(idx)
-        k = round(fraction * len(order))
-
-        held.extend(int(i) for i in order[:k])
-    if n >= 2 and not held:
-        held = [int(rng.integers(n))]
+    for idx, k in zip(strata, counts, strict=True):
+        held.extend(int(i) for i in rng.permutation(idx)[:k])
     held_set = set(held)
     calibration = [i for i in range(n) if i not in held_set]
     if n >= 2 and not calibration:

@@ -194,7 +194,10 @@ class Quality:
     paired: tuple[int, int, int, int] | None = None
     metric_original: float | None = None
     metric_compressed: float | None = None
-    at_risk: int = 0  # class predictions moved by at least half their original margin
+    # class predictions moved by a quarter of their original margin (NEAR_FLIP): in the
+    # agreement output, and in all class outputs together
+    at_risk: int = 0
+    at_risk_total: int = 0
 
     @property
     def accuracy_drop_points(self) -> float | None:
@@ -376,7 +379,7 @@ class Judge:
 
         metrics: list[OutputMetrics] = []
         agreements: dict[str, tuple[int, int]] = {}
-        at_risk = 0
+        at_risk: dict[str, int] = {}
         ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for i, name in enumerate(self.outputs):
             a = [np.asarray(b[i]) for b in reference]
@@ -393,16 +396,18 @@ class Judge:
                     m.top1_agreement = same / flat_a.size if flat_a.size else None
                     ids[name] = (flat_a, flat_c)
                     if not kind.indices:
-                        at_risk += _at_risk(a, c, kind.axis)
+                        at_risk[name] = _at_risk(a, c, kind.axis)
                     if detailed and not kind.indices:
                         m.top5_agreement = _top5(a, c, kind.axis)
             metrics.append(m if m is not None else OutputMetrics(name))
-        q = Quality(metrics, self.kinds, samples, label_output=self.label_output, at_risk=at_risk)
+        q = Quality(metrics, self.kinds, samples, label_output=self.label_output)
+        q.at_risk_total = sum(at_risk.values())
         key = self.label_output if self.label_output in agreements else None
+        if key is None and agreements:
+            key = min(agreements, key=lambda n: agreements[n][0] / max(agreements[n][1], 1))
         if key is not None:
             q.agreement_counts = agreements[key]
-        elif agreements:
-            q.agreement_counts = min(agreements.values(), key=lambda t: t[0] / max(t[1], 1))
+            q.at_risk = at_risk.get(key, 0)
         if q.agreement_counts is not None and q.agreement_counts[1]:
             q.agreement = q.agreement_counts[0] / q.agreement_counts[1]
         if self.labels is not None and key is not None and key in ids:
@@ -598,10 +603,9 @@ class Budget:
 
         - an accuracy drop counts only the predictions the candidate breaks, never those
           it fixes by chance;
-        - top-1 agreement counts every prediction moved by half its original margin
+        - top-1 agreement counts every prediction moved by a quarter of its original margin
           (the gap between its top two scores) as changed;
-
-        - lossless also wants no class prediction moved by half its original margin;
+        - lossless also wants no class prediction moved by a quarter of its original margin;
         - a cosine or metric-drop budget keeps 10% of its allowance in reserve.
         """
         gates = []
@@ -733,7 +737,7 @@ def _accuracy_gate(q: Quality | None, limit: float, strict: bool = False) -> Gat
 
 
 def _at_risk(a: list[np.ndarray], c: list[np.ndarray], axis: int) -> int:
-    """Positions whose scores moved by at least half the gap between their top two."""
+    """Positions whose scores moved by at least 1/NEAR_FLIP of the gap between their top two."""
     count = 0
     for ta, tc in zip(a, c, strict=True):
         if ta.dtype.kind != "f" or ta.ndim == 0 or ta.shape[axis] < 2 or ta.shape != tc.shape:
@@ -752,8 +756,8 @@ def _lossless(q: Quality | None, strict: bool = False) -> Gate:
     if q is None:
         return Gate(name, 0.0, None, False, "not evaluated")
     changed, moved = [], []
-    if strict and q.at_risk:
-        changed.append(f"{q.at_risk} near-flips")
+    if strict and q.at_risk_total:
+        changed.append(f"{q.at_risk_total} near-flips")
     for o in q.outputs:
         kind = q.kinds.get(o.name, OutputKind(TENSOR))
         if kind.kind == CLASS and o.top1_agreement is not None:

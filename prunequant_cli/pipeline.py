@@ -224,9 +224,9 @@ def search(
     out = Path(output)
     recipe_path = Path(recipe) if recipe is not None else out.with_name(out.name + ".recipe.toml")
 
-    def check(m: ir.Model) -> None:
-        kinds = output_kinds(m, evaluation.label_output, evaluation.output_kinds)
-        needs_class = budget.min_agreement is not None or bool(budget.max_accuracy_drop)
+    needs_class = budget.min_agreement is not None or bool(budget.max_accuracy_drop)
+
+    def refuse(kinds: dict[str, Any]) -> None:
         if needs_class and not any(k.kind == CLASS for k in kinds.values()):
             what = "--max-accuracy-drop" if budget.max_accuracy_drop else "--min-agreement"
             raise UsageError(
@@ -236,9 +236,15 @@ def search(
                 "--output-kind NAME:class"
             )
 
+    def check(m: ir.Model) -> None:
+        # Before any data is read, unless labels in the data may still name the output.
+        if evaluation.data is None and evaluation.calibration_data is None:
+            refuse(output_kinds(m, evaluation.label_output, evaluation.output_kinds))
+
     ws = _workspace(model, out, evaluation, progress, calibrate=True, check=check)
     comparison = ws.comparison
     assert comparison is not None and comparison.calibration_batches is not None
+    refuse(comparison.kinds)
     sites, _ = select_weights(ws.model, exclude)
     started = time.perf_counter()  # the time budget covers preparing the probe too
     corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}

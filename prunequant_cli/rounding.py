@@ -16,8 +16,8 @@ Cholesky factor of H⁻¹:
 Q rounds to the nearest code of the weight's own scales (per output row, or per block
 of inputs, with or without a zero point), so the codes are decoded exactly as nearest
 rounding's are. Pruned weights keep code 0 (or the zero point): the mask is fixed before
-rounding and no error is spread onto them. Inputs a layer never sees (a zero diagonal of
-H) are rounded to nearest.
+rounding, and a pruned weight is rounded to 0 with its error spread on like any other.
+Inputs a layer never sees (a zero diagonal of H) are rounded to nearest.
 """
 
 from __future__ import annotations
@@ -64,15 +64,13 @@ def gptq(
             codes[j] = q
             if dead[j]:
                 continue
+            # A pruned weight is rounded to 0 like any code: its error (all it holds, including
+            # what earlier columns spread onto it) moves on to the columns not yet rounded.
             err = (col - _decoded(quantize, q, j)) / u[j, j]
-            if keep_t is not None:
-                err[~keep_t[j]] = 0.0
             work[j + 1 : stop] -= np.outer(u[j, j + 1 : stop], err)
             errors[j - start] = err
         if stop < k:
             work[stop:] -= u[start:stop, stop:].T @ errors
-            if keep_t is not None:
-                work[stop:][~keep_t[stop:]] = 0.0
     return np.ascontiguousarray(codes.T)
 
 

@@ -138,3 +138,59 @@ def test_holdout_fraction_is_checked(tmp_path, fraction):
     src = _width_model(tmp_path)
     r = _run("compress", src, tmp_path / "o.onnx", "--holdout-fraction", fraction)
     assert r.exit_code == 2
+
+
+def test_time_major_inputs_and_fixed_side_inputs(tmp_path):
+    """x [seq, batch, f] beside h0 [1, batch, h]: samples on axis 1; a fixed-shape side input
+    (a per-feature scale) is shared, not cut."""
+    hidden = 4
+    model = make_model(
+        [
+            helper.make_node("Mul", ["x", "scale"], ["xs"]),
+            helper.make_node("RNN", ["xs", "W", "R", "", "", "h0"], ["Y"], hidden_size=hidden),
+        ],
+        [
+            ("x", FLOAT, ["seq", "batch", 3]),
+            ("h0", FLOAT, [1, "batch", hidden]),
+            ("scale", FLOAT, [3]),
+        ],
+        [("Y", FLOAT, ["seq", 1, "batch", hidden])],
+        [tensor("W", rand((1, hidden, 3))), tensor("R", rand((1, hidden, hidden), seed=1))],
+    )
+    src = save_to(model, tmp_path / "rnn.onnx")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(
+        data,
+        x=rng.standard_normal((5, 70, 3)).astype(np.float32),
+        h0=rng.standard_normal((1, 70, hidden)).astype(np.float32),
+        scale=np.ones(3, np.float32),
+    )
+    r = _run("compress", src, tmp_path / "o.onnx", "--bits", "8", "--data", data, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["evaluation"]["samples"] == 70
+
+
+def test_empty_data_is_a_usage_error(tmp_path):
+    src = _width_model(tmp_path)
+    data = tmp_path / "empty.npz"
+    np.savez(data, x=np.zeros((0, 4, 5), np.float32))
+    r = _run("compress", src, tmp_path / "o.onnx", "--data", data)
+    assert r.exit_code == 2 and "no samples" in r.stderr
+
+
+def test_a_folder_of_npy_samples_with_labels_npy(tmp_path):
+    from helpers import SAMPLES
+
+    data = np.load(SAMPLES / "digits_mlp.npz")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"{i:03}.npy", data["input"][10 * i : 10 * i + 10])
+    np.save(folder / "labels.npy", data["labels"][:30])
+    r = _run(
+        "compress", SAMPLES / "digits_mlp.onnx", tmp_path / "o.onnx", "--data", folder, "--json"
+    )
+    assert r.exit_code == 0, r.stderr
+    ev = json.loads(r.stdout)["evaluation"]
+    assert ev["samples"] == 30 and ev["accuracy"] is not None

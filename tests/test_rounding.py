@@ -207,3 +207,21 @@ def test_recurrent_weights_are_rounded_from_their_inputs(tmp_path, op, direction
     assert {t["name"]: t["rounding"] for t in doc["tensors"]} == {"W": "gptq", "R": "gptq"}
     assert doc["evaluation"]["outputs"][0]["sqnr_db"] > near["evaluation"]["outputs"][0]["sqnr_db"]
     run_both(src, out, {"x": x[:, 32:], "h0": h0[:, 32:]})
+
+
+def test_gptq_with_pruning_beats_nearest_on_the_layer_output():
+    """A pruned weight is rounded to 0 and its error spread on, as any other code."""
+    rng = np.random.default_rng(9)
+    x = _correlated(k=48)
+    h = x.T @ x
+    w = rng.standard_normal((64, 48))
+    keep = rng.random(w.shape) > 0.5
+    w = w * keep
+    s = np.abs(w).max(1, keepdims=True) / 7
+    q = ColumnQuantizer(np.repeat(s, 48, 1), None, -7, 7)
+    cols = range(48)
+    nearest = np.stack([q.decode(q(w[:, j], j), j) for j in cols], axis=1)
+    codes = gptq(w, h, q, keep)
+    chosen = np.stack([q.decode(codes[:, j], j) for j in cols], axis=1)
+    assert np.all(codes[~keep] == 0)
+    assert output_error(w, chosen, h) < output_error(w, nearest, h)
