@@ -111,16 +111,25 @@ def exposed_activations(
     """The named activations of the original ``model`` (onnx_ir), piece by piece.
 
     Batches run in pieces cut along the inputs' batch ``axes``: one sample first, to learn
-    what a sample's activations cost, then as many as fit in EXPOSED_BYTES.
+    what a sample's activations cost, then as many as fit in EXPOSED_BYTES (whole batches
+    for a model whose batch size is fixed).
     """
     session, outputs = exposing_session(model, names, threads)
     batch_axes = axes or {}
     wanted = set(names)
     per_sample: int | None = None
+    # A model with a fixed batch takes its batches whole: they already have that size.
+    fixed = any(
+        (axis := batch_axes.get(i.name, 0)) is not None
+        and axis < len(i.shape)
+        and isinstance(i.shape[axis], int)
+        and i.shape[axis] > 1
+        for i in session.get_inputs()
+    )
     for feed in batches:
         n, start = samples_of(feed, batch_axes), 0
         while start < n:
-            step = 1 if per_sample is None else max(1, EXPOSED_BYTES // per_sample)
+            step = n if fixed else max(1, EXPOSED_BYTES // per_sample) if per_sample else 1
             stop = min(n, start + step)
             piece = feed if (start, stop) == (0, n) else cut(feed, batch_axes, start, stop)
             values = _run(session, piece, "original")

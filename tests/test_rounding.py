@@ -225,3 +225,21 @@ def test_gptq_with_pruning_beats_nearest_on_the_layer_output():
     chosen = np.stack([q.decode(codes[:, j], j) for j in cols], axis=1)
     assert np.all(codes[~keep] == 0)
     assert output_error(w, chosen, h) < output_error(w, nearest, h)
+
+
+def test_a_fixed_batch_model_is_calibrated_in_whole_batches(tmp_path):
+    model = onnx.load(SAMPLES / "digits_mlp.onnx")
+    for v in [*model.graph.input, *model.graph.output]:
+        v.type.tensor_type.shape.dim[0].dim_value = 8
+    src = tmp_path / "mlp8.onnx"
+    onnx.save(model, src)
+    data = np.load(SAMPLES / "digits_mlp.npz")
+    cal, held = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(cal, input=data["input"][:64], labels=data["labels"][:64])
+    np.savez(held, input=data["input"][64:128], labels=data["labels"][64:128])
+    doc = _compress(
+        src, tmp_path / "o.onnx", "--bits", "4", "--rounding", "gptq", "--bias-correction",
+        "--calibration-data", cal, "--data", held,
+    )  # fmt: skip
+    assert doc["evaluation"]["samples"] == 64
+    assert {t["rounding"] for t in doc["tensors"]} == {"gptq"}
