@@ -591,9 +591,6 @@ class Budget:
     def holds(self, q: Quality, strict: bool = False) -> bool:
         return all(g.passed for g in self.verdicts(q, strict))
 
-    def shortfalls(self, q: Quality, strict: bool = False) -> list[str]:
-        return [f"{g.name}: {g.reason}" for g in self.verdicts(q, strict) if not g.passed]
-
     def verdicts(self, q: Quality | None, strict: bool = False) -> list[Gate]:
         """One gate per part of the budget, measured on ``q`` (None: not evaluated).
 
