@@ -198,6 +198,8 @@ class Quality:
     # agreement output, and in all class outputs together
     at_risk: int = 0
     at_risk_total: int = 0
+    # with labels: the near-flips of predictions the original got right (others cannot lose)
+    at_risk_right: int | None = None
 
     @property
     def accuracy_drop_points(self) -> float | None:
@@ -218,6 +220,15 @@ class Quality:
         if self.agreement is not None:
             return 100.0 * (1.0 - self.agreement)
         return None
+
+    @property
+    def at_risk_share(self) -> float | None:
+        """Share of the agreement output's predictions that a near-flip may lose: moved by a
+        quarter of their margin (with labels, of those the original got right)."""
+        if self.agreement_counts is None or not self.agreement_counts[1]:
+            return None
+        risky = self.at_risk if self.at_risk_right is None else self.at_risk_right
+        return risky / self.agreement_counts[1]
 
     @property
     def drop_against(self) -> str | None:
@@ -379,7 +390,7 @@ class Judge:
 
         metrics: list[OutputMetrics] = []
         agreements: dict[str, tuple[int, int]] = {}
-        at_risk: dict[str, int] = {}
+        at_risk: dict[str, np.ndarray] = {}
         ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for i, name in enumerate(self.outputs):
             a = [np.asarray(b[i]) for b in reference]
@@ -401,17 +412,18 @@ class Judge:
                         m.top5_agreement = _top5(a, c, kind.axis)
             metrics.append(m if m is not None else OutputMetrics(name))
         q = Quality(metrics, self.kinds, samples, label_output=self.label_output)
-        q.at_risk_total = sum(at_risk.values())
+        q.at_risk_total = sum(int(np.count_nonzero(m)) for m in at_risk.values())
         key = self.label_output if self.label_output in agreements else None
         if key is None and agreements:
             key = min(agreements, key=lambda n: agreements[n][0] / max(agreements[n][1], 1))
         if key is not None:
             q.agreement_counts = agreements[key]
-            q.at_risk = at_risk.get(key, 0)
+            risk = at_risk.get(key)
+            q.at_risk = 0 if risk is None else int(np.count_nonzero(risk))
         if q.agreement_counts is not None and q.agreement_counts[1]:
             q.agreement = q.agreement_counts[0] / q.agreement_counts[1]
         if self.labels is not None and key is not None and key in ids:
-            self._accuracy(q, *ids[key])
+            self._accuracy(q, *ids[key], at_risk.get(key))
         if self.metric is not None:
             if self._metric_reference is None:
                 ref = self.metric(self.outputs, reference, reference, self.labels)
@@ -420,11 +432,16 @@ class Judge:
             q.metric_compressed = self.metric(self.outputs, reference, candidate, self.labels)
         return q
 
-    def _accuracy(self, q: Quality, pa: np.ndarray, pc: np.ndarray) -> None:
+    def _accuracy(
+        self, q: Quality, pa: np.ndarray, pc: np.ndarray, risk: np.ndarray | None
+    ) -> None:
         labels = np.asarray(self.labels).reshape(-1)
         if labels.shape != pa.shape:
             return  # checked when the data was loaded; a subset may not carry them
         right_a, right_c = pa == labels, pc == labels
+        if risk is not None and risk.shape == right_a.shape:
+            # a near-flip of a prediction the original got wrong cannot lose anything
+            q.at_risk_right = int(np.count_nonzero(risk & right_a))
         q.accuracy_original = float(np.mean(right_a)) if right_a.size else None
         q.accuracy_compressed = float(np.mean(right_c)) if right_c.size else None
         q.paired = (
@@ -600,10 +617,14 @@ class Budget:
 
         - an accuracy drop counts only the predictions the candidate breaks, never those
           it fixes by chance;
-        - top-1 agreement counts every prediction moved by a quarter of its original margin
-          (the gap between its top two scores) as changed;
-        - lossless also wants no class prediction moved by a quarter of its original margin;
-        - a cosine or metric-drop budget keeps 10% of its allowance in reserve.
+        - a prediction moved by a quarter of its original margin (the gap between its top
+          two scores) is a near-flip, which foretells the flips of samples it never saw: top-1
+          agreement counts near-flips as changed, an accuracy drop is at least their share,
+          and lossless wants none;
+        - a cosine or metric-drop budget keeps 10% of its allowance in reserve, and on a
+          model with class scores a metric-drop budget also bounds the share of near-flips
+          by the relative drop it allows (``max_metric_drop / |original metric|``): with
+          few samples, a metric of whole samples cannot see a loss smaller than one of them.
         """
         gates = []
         if self.lossless:
@@ -651,8 +672,9 @@ class Budget:
             )
         if self.max_metric_drop is not None:
             value = None if q is None else q.metric_drop
-            if strict and value is not None:
+            if strict and value is not None and q is not None:
                 value += RESERVE * abs(self.max_metric_drop)
+                value = max(value, _near_flip_drop(q))
             gates.append(
                 _bound(
                     "--max-metric-drop",
@@ -705,6 +727,8 @@ def _accuracy_gate(q: Quality | None, limit: float, strict: bool = False) -> Gat
     if q is None:
         return Gate(name, limit, None, False, "not evaluated")
     drop = q.loss_points if strict else q.accuracy_drop_points
+    if strict and drop is not None and q.at_risk_share is not None:
+        drop = max(drop, 100.0 * q.at_risk_share)
 
     if drop is None:
         return Gate(
@@ -733,18 +757,31 @@ def _accuracy_gate(q: Quality | None, limit: float, strict: bool = False) -> Gat
     return Gate(name, limit, drop, passed, reason)
 
 
-def _at_risk(a: list[np.ndarray], c: list[np.ndarray], axis: int) -> int:
-    """Positions whose scores moved by at least 1/NEAR_FLIP of the gap between their top two."""
-    count = 0
+def _near_flip_drop(q: Quality) -> float:
+    """The metric drop that the near-flips stand for: their share of the original metric."""
+    share = q.at_risk_share
+    if not share or q.metric_original is None or q.metric_original == 0:
+        return -math.inf
+    return share * abs(q.metric_original)
+
+
+def _at_risk(a: list[np.ndarray], c: list[np.ndarray], axis: int) -> np.ndarray:
+    """Per position (flat, in the order of the class ids): whether its scores moved by at
+    least 1/NEAR_FLIP of the gap between its top two."""
+    parts = []
     for ta, tc in zip(a, c, strict=True):
-        if ta.dtype.kind != "f" or ta.ndim == 0 or ta.shape[axis] < 2 or ta.shape != tc.shape:
+        if ta.ndim == 0:
+            parts.append(np.zeros(1, dtype=bool))
+            continue
+        if ta.dtype.kind != "f" or ta.shape[axis] < 2 or ta.shape != tc.shape:
+            parts.append(np.zeros(ta.size // max(ta.shape[axis], 1), dtype=bool))
             continue
         ta64, tc64 = ta.astype(np.float64), tc.astype(np.float64)
         top2 = -np.partition(-ta64, 1, axis=axis)
         margin = np.take(top2, 0, axis=axis) - np.take(top2, 1, axis=axis)
         moved = np.abs(tc64 - ta64).max(axis=axis)
-        count += int(np.count_nonzero(NEAR_FLIP * moved >= margin))
-    return count
+        parts.append((NEAR_FLIP * moved >= margin).reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
 def _lossless(q: Quality | None, strict: bool = False) -> Gate:

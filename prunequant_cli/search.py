@@ -41,6 +41,7 @@ from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.selection import WeightSite
 
 # Configurations the confirming fold is asked about, at most.
+CONFIRM_LADDER = (1 / 4, 1 / 16)  # damage of the smaller confirmation candidates
 CONFIRM_CHECKS = 4
 
 SUBSET_SAMPLES = 128
@@ -599,16 +600,28 @@ def _confirm(
     fit another. Smallest first, while time lasts; ``held[0]`` (all float) when none does.
     Returns the state, its quality on the search fold, and what was checked."""
     order, seen = [], set()
+    least = math.inf
     for lab, state, q in sorted(held[1:], key=lambda h: weight_bytes(h[1])):
         key = tuple(sorted((n, id(o)) for n, o in state.items()))
-        if key not in seen:
+        # Only the front of size against output damage: a state both larger and more
+        # damaged than one already listed is the worse bet on unseen samples (all int8
+        # stays a candidate of its own).
+        damage = q.max_relative_error
+        if key not in seen and (damage < least or lab == f"all {label(INT8)}"):
             seen.add(key)
             order.append((lab, state, q))
-    # A few candidates only (the smallest, the median and third quartile by size, and all
-    # int8 when it held): trying every one until one passes would make the confirming
-    # fold choose, not confirm.
+            least = min(least, damage)
+    # A few candidates only: the smallest, the smallest with a quarter and a sixteenth of
+    # its damage (further from the edge of the budget, so likelier to carry over), and all
+    # int8 when it held. Trying every one until one passes would make the confirming fold
+    # choose, not confirm.
     if len(order) > CONFIRM_CHECKS:
-        picks = {0, len(order) // 2, (3 * len(order)) // 4}
+        damages = [q.max_relative_error for _, _, q in order]
+        first = next((d for d in damages if math.isfinite(d)), 0.0)
+        picks = {0}
+        for share in CONFIRM_LADDER:
+            inside = (i for i, d in enumerate(damages) if d <= share * first)
+            picks.add(next(inside, len(order) - 1))
         picks |= {i for i, (lab, _, _) in enumerate(order) if lab == f"all {label(INT8)}"}
         order = [order[i] for i in sorted(picks)]
     checked: list[dict[str, Any]] = []

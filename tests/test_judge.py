@@ -128,6 +128,32 @@ def test_lossless_needs_no_labels_and_the_search_does_not_count_lucky_fixes():
     assert budget.holds(q) and not budget.holds(q, strict=True)
 
 
+def test_near_flips_count_against_accuracy_and_metric_budgets_in_the_search():
+    """A candidate that moved predictions by most of their margin without flipping any
+    still fails the search's reading of an accuracy or metric budget (unseen samples will
+    flip), but not the report's; near-flips of predictions the original got wrong do not count."""
+    kinds = {"p": OutputKind(CLASS, -1)}
+    a = np.tile(np.array([[0.9, 0.1]], np.float32), (20, 1))
+    c = a.copy()
+    c[:4] = [0.6, 0.4]  # 4 of 20 lose most of their margin, none flips
+    labels = np.zeros(20, np.int64)
+    q = Judge(["p"], kinds, labels=labels).measure([[a]], [[c]])
+    assert q.accuracy_drop_points == 0 and q.at_risk == 4 and q.at_risk_share == pytest.approx(0.2)
+    accuracy = Budget(max_accuracy_drop=5)
+    assert accuracy.holds(q) and not accuracy.holds(q, strict=True)
+    assert Budget(max_accuracy_drop=25).holds(q, strict=True)
+    q.metric_original, q.metric_compressed = 1.0, 1.0
+    metric = Budget(max_metric_drop=0.05)
+    assert metric.holds(q) and not metric.holds(q, strict=True)
+    assert Budget(max_metric_drop=0.25).holds(q, strict=True)
+    # the same moves on predictions the original got wrong cannot lose accuracy
+    wrong = labels.copy()
+    wrong[:4] = 1
+    q = Judge(["p"], kinds, labels=wrong).measure([[a]], [[c]])
+    assert q.at_risk == 4 and q.at_risk_share == 0
+    assert accuracy.holds(q, strict=True)
+
+
 def test_a_failed_budget_says_by_how_much():
     q = _quality(accuracy_original=0.9, accuracy_compressed=0.87, paired=(85, 5, 2, 8))
     (gate,) = Budget(max_accuracy_drop=1).verdicts(q)

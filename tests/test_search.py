@@ -303,3 +303,48 @@ def test_unbounded_damage_is_null_in_the_json():
     )
     doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert [s["damage"] for s in doc["sensitivity"]] == [0.0, None]
+
+
+def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards():
+    """The confirming fold sees the smallest held state, the smallest ones with a quarter and
+    a sixteenth of its damage, and all int8; never a state larger and more damaged than
+    another."""
+    import time
+
+    from prunequant_cli.judge import Budget, Quality
+    from prunequant_cli.report import OutputMetrics
+    from prunequant_cli.search import INT8, _Clock, _confirm
+
+    def quality(error, cosine=1.0):
+        return Quality([OutputMetrics("y", relative_error=error, cosine=cosine)], {}, 10)
+
+    # (label, bytes, damage on the search fold)
+    states = [
+        ("edge", 100, 0.4),
+        ("near edge", 110, 0.3),
+        ("worse and larger", 120, 0.5),
+        ("quarter", 130, 0.09),
+        ("sixteenth", 150, 0.02),
+        ("safer still", 160, 0.01),
+        (f"all {label(INT8)}", 400, 0.001),
+    ]
+    held = [("all float", {}, quality(0.0))]
+    held += [(lab, {"w": (lab, size)}, quality(err)) for lab, size, err in states]
+    size = {lab: b for lab, b, _ in states}
+    checked_on_fold = []
+
+    class Probe:
+        def quality(self, overrides, fold):
+            checked_on_fold.append((overrides["w"][0], fold))
+            return quality(0.5, 0.5 if overrides["w"][0] != "sixteenth" else 0.999)
+
+    state, _, checked = _confirm(
+        Probe(),
+        Budget(min_cosine=0.99, max_accuracy_drop=None),
+        _Clock(time.perf_counter(), 60),
+        held,
+        lambda s: size[s["w"][0]] if s else 0,
+        lambda s, store: s,
+    )
+    assert [c["label"] for c in checked] == ["edge", "quarter", "sixteenth"]
+    assert all(fold == 1 for _, fold in checked_on_fold) and state["w"][0] == "sixteenth"
