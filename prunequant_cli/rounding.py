@@ -43,30 +43,34 @@ def gptq(
     that may be non-zero (pruned ones keep their zero code). Returns int codes, like ``w``.
     """
     rows, k = w.shape
+    # Columns in order of decreasing input energy (the "act-order" of GPTQ's reference
+    # code): the columns whose errors cost most are rounded first, while the most columns
+    # are left to absorb them. The scales are fixed, so any order decodes the same way.
+    order = np.argsort(-np.diag(h), kind="stable")
     # Column j of W is row j here: every step reads and updates contiguous memory.
-    work = np.ascontiguousarray(w.T, dtype=np.float64)
-    h = h.astype(np.float64, copy=True)
+    work = np.ascontiguousarray(w.T[order], dtype=np.float64)
+    h = h[np.ix_(order, order)].astype(np.float64, copy=True)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     h += np.eye(k) * DAMP * float(np.mean(np.diag(h)))
     u = _inverse_cholesky_upper(h)
     codes = np.zeros((k, rows), dtype=np.int64)
-    keep_t = None if keep is None else np.ascontiguousarray(keep.T)
+    keep_t = None if keep is None else np.ascontiguousarray(keep.T[order])
     zeros = np.zeros(rows)
     for start in range(0, k, BLOCK):
         stop = min(start + BLOCK, k)
         errors = np.zeros((stop - start, rows))
         for j in range(start, stop):
-            col = work[j]
-            q = quantize(col, j).astype(np.int64)
+            col, src = work[j], int(order[j])
+            q = quantize(col, src).astype(np.int64)
             if keep_t is not None:
-                q = np.where(keep_t[j], q, quantize(zeros, j).astype(np.int64))
-            codes[j] = q
+                q = np.where(keep_t[j], q, quantize(zeros, src).astype(np.int64))
+            codes[src] = q
             if dead[j]:
                 continue
             # A pruned weight is rounded to 0 like any code: its error (all it holds, including
             # what earlier columns spread onto it) moves on to the columns not yet rounded.
-            err = (col - _decoded(quantize, q, j)) / u[j, j]
+            err = (col - _decoded(quantize, q, src)) / u[j, j]
             work[j + 1 : stop] -= np.outer(u[j, j + 1 : stop], err)
             errors[j - start] = err
         if stop < k:

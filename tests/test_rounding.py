@@ -46,6 +46,21 @@ def test_gptq_lowers_the_output_error_of_a_layer_with_correlated_inputs(bits, as
     np.testing.assert_array_equal(codes, gptq(w, h, q))  # deterministic
 
 
+def test_gptq_rounds_in_order_of_input_energy_whatever_order_the_inputs_are_stored_in():
+    """Act-order: the columns are rounded in order of decreasing input energy, so storing
+    the inputs in another order gives the same codes, moved."""
+    rng = np.random.default_rng(4)
+    x = _correlated(k=64)
+    x[:, -4:] *= 30  # a few outlier inputs, stored last
+    h = x.T @ x
+    w = rng.standard_normal((16, 64))
+    s = np.repeat(np.abs(w).max(1, keepdims=True) / 7, 64, 1)
+    codes = gptq(w, h, ColumnQuantizer(s, None, -7, 7))
+    perm = rng.permutation(64)
+    moved = gptq(w[:, perm], h[np.ix_(perm, perm)], ColumnQuantizer(s[:, perm], None, -7, 7))
+    np.testing.assert_array_equal(moved, codes[:, perm])
+
+
 def test_pruned_zeros_stay_zero_and_no_error_lands_on_them():
     rng = np.random.default_rng(2)
     x = _correlated(k=64)
