@@ -407,7 +407,7 @@ class Judge:
                     m.top1_agreement = same / flat_a.size if flat_a.size else None
                     ids[name] = (flat_a, flat_c)
                     if not kind.indices:
-                        at_risk[name] = _at_risk(a, c, kind.axis)
+                        at_risk[name] = _at_risk(a, c, kind.axis, kind.reason == "Softmax")
                     if detailed and not kind.indices:
                         m.top5_agreement = _top5(a, c, kind.axis)
             metrics.append(m if m is not None else OutputMetrics(name))
@@ -765,9 +765,13 @@ def _near_flip_drop(q: Quality) -> float:
     return share * abs(q.metric_original)
 
 
-def _at_risk(a: list[np.ndarray], c: list[np.ndarray], axis: int) -> np.ndarray:
-    """Per position (flat, in the order of the class ids): whether its scores moved by at
-    least 1/NEAR_FLIP of the gap between its top two."""
+def _at_risk(
+    a: list[np.ndarray], c: list[np.ndarray], axis: int, probabilities: bool = False
+) -> np.ndarray:
+    """Per position (flat, in the order of the class ids): whether a rival class closed at
+    least 1/NEAR_FLIP of the gap between the original's top two scores. Probabilities
+    (a Softmax output) are compared as log-probabilities, i.e. logits: a saturated 0.99999
+    that falls to 0.9 has lost most of its margin though it moved by 0.1."""
     parts = []
     for ta, tc in zip(a, c, strict=True):
         if ta.ndim == 0:
@@ -776,11 +780,22 @@ def _at_risk(a: list[np.ndarray], c: list[np.ndarray], axis: int) -> np.ndarray:
         if ta.dtype.kind != "f" or ta.shape[axis] < 2 or ta.shape != tc.shape:
             parts.append(np.zeros(ta.size // max(ta.shape[axis], 1), dtype=bool))
             continue
-        ta64, tc64 = ta.astype(np.float64), tc.astype(np.float64)
-        top2 = -np.partition(-ta64, 1, axis=axis)
-        margin = np.take(top2, 0, axis=axis) - np.take(top2, 1, axis=axis)
-        moved = np.abs(tc64 - ta64).max(axis=axis)
-        parts.append((NEAR_FLIP * moved >= margin).reshape(-1))
+        ta64 = np.moveaxis(ta.astype(np.float64), axis, -1)
+        tc64 = np.moveaxis(tc.astype(np.float64), axis, -1)
+        if probabilities:
+            tiny = np.finfo(np.float64).tiny
+            ta64, tc64 = np.log(np.maximum(ta64, tiny)), np.log(np.maximum(tc64, tiny))
+        top = np.argmax(ta64, axis=-1)[..., None]
+        top2 = -np.partition(-ta64, 1, axis=-1)
+        margin = top2[..., 0] - top2[..., 1]
+        # how much closer each rival got to the original's top class
+        closed = (tc64 - np.take_along_axis(tc64, top, -1)) - (
+            ta64 - np.take_along_axis(ta64, top, -1)
+        )
+        np.put_along_axis(closed, top, 0.0, -1)
+        with np.errstate(invalid="ignore"):
+            risky = NEAR_FLIP * closed.max(axis=-1) >= margin
+        parts.append((risky | ~np.isfinite(closed).all(axis=-1)).reshape(-1))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 

@@ -41,8 +41,8 @@ from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.selection import WeightSite
 
 # Configurations the confirming fold is asked about, at most.
-CONFIRM_LADDER = (1 / 4, 1 / 16)  # damage of the smaller confirmation candidates
-CONFIRM_CHECKS = 4
+CONFIRM_LADDER = (0.7, 0.5, 0.25)  # damage of the larger confirmation candidates
+CONFIRM_CHECKS = 5
 
 SUBSET_SAMPLES = 128
 
@@ -611,7 +611,7 @@ def _confirm(
             seen.add(key)
             order.append((lab, state, q))
             least = min(least, damage)
-    # A few candidates only: the smallest, the smallest with a quarter and a sixteenth of
+    # A few candidates only: the smallest, the smallest with 0.7, a half and a quarter of
     # its damage (further from the edge of the budget, so likelier to carry over), and all
     # int8 when it held. Trying every one until one passes would make the confirming fold
     # choose, not confirm.

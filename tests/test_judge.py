@@ -154,6 +154,20 @@ def test_near_flips_count_against_accuracy_and_metric_budgets_in_the_search():
     assert accuracy.holds(q, strict=True)
 
 
+def test_near_flips_of_probabilities_are_measured_in_log_space():
+    """A saturated Softmax output that falls from 0.99999 to 0.9 lost most of its margin in
+    logits although it moved by 0.1: a near-flip. A rival rising from 1e-9 to 1e-8 is not."""
+    kinds = {"p": OutputKind(CLASS, -1, reason="Softmax")}
+    a = np.tile(np.array([[0.99999, 1e-5, 1e-9]], np.float32), (10, 1))
+    c = a.copy()
+    c[:2, :2] = [0.9, 0.1]
+    c[2:, 2] = 1e-8
+    q = Judge(["p"], kinds).measure([[a]], [[c]])
+    assert q.agreement == 1.0 and q.at_risk == 2
+    raw = {"p": OutputKind(CLASS, -1, reason="--output-kind")}
+    assert Judge(["p"], raw).measure([[a]], [[c]]).at_risk == 0  # as scores: 0.1 of ~1.0
+
+
 def test_a_failed_budget_says_by_how_much():
     q = _quality(accuracy_original=0.9, accuracy_compressed=0.87, paired=(85, 5, 2, 8))
     (gate,) = Budget(max_accuracy_drop=1).verdicts(q)

@@ -306,8 +306,8 @@ def test_unbounded_damage_is_null_in_the_json():
 
 
 def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards():
-    """The confirming fold sees the smallest held state, the smallest ones with a quarter and
-    a sixteenth of its damage, and all int8; never a state larger and more damaged than
+    """The confirming fold sees the smallest held state, the smallest ones with 0.7, a half
+    and a quarter of its damage, and all int8; never a state larger and more damaged than
     another."""
     import time
 
@@ -323,8 +323,9 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
         ("edge", 100, 0.4),
         ("near edge", 110, 0.3),
         ("worse and larger", 120, 0.5),
-        ("quarter", 130, 0.09),
-        ("sixteenth", 150, 0.02),
+        ("0.7", 125, 0.25),
+        ("half", 130, 0.2),
+        ("quarter", 150, 0.09),
         ("safer still", 160, 0.01),
         (f"all {label(INT8)}", 400, 0.001),
     ]
@@ -336,7 +337,7 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
     class Probe:
         def quality(self, overrides, fold):
             checked_on_fold.append((overrides["w"][0], fold))
-            return quality(0.5, 0.5 if overrides["w"][0] != "sixteenth" else 0.999)
+            return quality(0.5, 0.5 if overrides["w"][0] != "quarter" else 0.999)
 
     state, _, checked = _confirm(
         Probe(),
@@ -346,5 +347,5 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
         lambda s: size[s["w"][0]] if s else 0,
         lambda s, store: s,
     )
-    assert [c["label"] for c in checked] == ["edge", "quarter", "sixteenth"]
-    assert all(fold == 1 for _, fold in checked_on_fold) and state["w"][0] == "sixteenth"
+    assert [c["label"] for c in checked] == ["edge", "0.7", "half", "quarter"]
+    assert all(fold == 1 for _, fold in checked_on_fold) and state["w"][0] == "quarter"
