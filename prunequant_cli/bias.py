@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from prunequant_cli.evaluate import exposed_activations
-
 
 @dataclass(frozen=True)
 class Correctable:
@@ -56,24 +54,26 @@ def correctable(model: ir.Model, weight: ir.Value) -> Correctable | None:
     return Correctable(weight.name or "", node, x.name, bias)
 
 
-def activation_means(
-    model: ir.Model,
-    names: list[str],
-    batches: list[dict[str, np.ndarray]],
-    threads: int,
-    axes: Mapping[str, int | None] | None = None,
-) -> dict[str, np.ndarray]:
-    """Mean of each named activation over the batches: per feature ([N, K] -> [K]) or per
-    channel ([N, C, ...] -> [C]), from pieces of the batches (see exposed_activations)."""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for piece in exposed_activations(model, names, batches, threads, axes):
-        for name, value in piece.items():
-            a = np.asarray(value, dtype=np.float64)
+class ActivationMeans:
+    """Recorder of the mean of each named activation: per feature ([N, K] -> [K]) or per
+    channel ([N, C, ...] -> [C]), over all pieces it is given (see evaluate.record)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self._sums: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, piece: Mapping[str, np.ndarray]) -> None:
+        for name in self.names:
+            if name not in piece:
+                continue
+            a = np.asarray(piece[name], dtype=np.float64)
             reduce = tuple(i for i in range(a.ndim) if i != 1)
-            sums[name] = sums.get(name, 0) + a.sum(axis=reduce)
-            counts[name] = counts.get(name, 0) + int(a.size // a.shape[1])
-    return {n: sums[n] / counts[n] for n in sums}
+            self._sums[name] = self._sums.get(name, 0) + a.sum(axis=reduce)
+            self._counts[name] = self._counts.get(name, 0) + int(a.size // a.shape[1])
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {n: self._sums[n] / self._counts[n] for n in self._sums}
 
 
 def bias_shift(layer: Correctable, delta: np.ndarray, mean_x: np.ndarray) -> np.ndarray | None:

@@ -208,57 +208,51 @@ def _pads(
     return (0, p[0], 0, p[1]) if one_d else (p[0], p[1], p[2], p[3])
 
 
-def layer_statistics(
-    model: ir.Model,
-    sites: Sequence[WeightSite],
-    batches: list[dict[str, np.ndarray]],
-    threads: int,
-    axes: Mapping[str, int | None],
-    budget: int = MAX_STATS_BYTES,
-) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
-    """H = Σ XᵀX per group for every weight GPTQ can round, and why the others cannot.
+class LayerStatistics:
+    """Recorder of H = Σ XᵀX per group for every weight GPTQ can round (see
+    evaluate.record), and why the others cannot.
 
     The statistics of all weights together stay within ``budget`` bytes; when they would
     not, the weights with the most weight bytes per statistics byte are kept (GPTQ pays
     off by the bytes it lets go to fewer bits, and costs K² of memory).
     """
-    from prunequant_cli.evaluate import exposed_activations
 
-    found_layers: list[tuple[WeightSite, Layer]] = []
-    skipped: dict[str, str] = {}
-    for site in sites:
-        found = layer_of(site, model.graph)
-        if isinstance(found, str):
-            skipped[site.name] = found
-        elif found.inputs > MAX_INPUTS:
-            skipped[site.name] = f"{found.inputs} inputs per row: statistics too large"
-        else:
-            found_layers.append((site, found))
+    def __init__(
+        self, model: ir.Model, sites: Sequence[WeightSite], budget: int = MAX_STATS_BYTES
+    ) -> None:
+        found_layers: list[tuple[WeightSite, Layer]] = []
+        self.skipped: dict[str, str] = {}
+        for site in sites:
+            found = layer_of(site, model.graph)
+            if isinstance(found, str):
+                self.skipped[site.name] = found
+            elif found.inputs > MAX_INPUTS:
+                self.skipped[site.name] = f"{found.inputs} inputs per row: statistics too large"
+            else:
+                found_layers.append((site, found))
 
-    def cost(layer: Layer) -> int:
-        return 8 * layer.inputs**2 * layer.groups
+        def cost(layer: Layer) -> int:
+            return 8 * layer.inputs**2 * layer.groups
 
-    def worth(item: tuple[WeightSite, Layer]) -> tuple[float, str]:
-        site, layer = item
-        return (-int(np.prod(_dims(site.value))) / cost(layer), site.name)
+        def worth(item: tuple[WeightSite, Layer]) -> tuple[float, str]:
+            site, layer = item
+            return (-int(np.prod(_dims(site.value))) / cost(layer), site.name)
 
-    layers: dict[str, Layer] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    total = 0
-    for site, layer in sorted(found_layers, key=worth):
-        if total + cost(layer) > budget:
-            skipped[site.name] = "the statistics of other weights fill the memory budget"
-            continue
-        total += cost(layer)
-        layers[site.name], shapes[site.name] = layer, _dims(site.value)
-    stats = {
-        n: [np.zeros((layer.inputs, layer.inputs)) for _ in range(layer.groups)]
-        for n, layer in layers.items()
-    }
-    names = sorted({a for layer in layers.values() for a in layer.activations})
-    if not names:
-        return {}, skipped
-    for piece in exposed_activations(model, names, batches, threads, axes):
-        for n, layer in layers.items():
-            accumulate(layer, piece, stats[n], shapes[n])
-    return stats, skipped
+        self._layers: dict[str, Layer] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        total = 0
+        for site, layer in sorted(found_layers, key=worth):
+            if total + cost(layer) > budget:
+                self.skipped[site.name] = "the statistics of other weights fill the memory budget"
+                continue
+            total += cost(layer)
+            self._layers[site.name], self._shapes[site.name] = layer, _dims(site.value)
+        self.stats = {
+            n: [np.zeros((layer.inputs, layer.inputs)) for _ in range(layer.groups)]
+            for n, layer in self._layers.items()
+        }
+        self.names = sorted({a for layer in self._layers.values() for a in layer.activations})
+
+    def add(self, piece: Mapping[str, np.ndarray]) -> None:
+        for n, layer in self._layers.items():
+            accumulate(layer, piece, self.stats[n], self._shapes[n])

@@ -15,9 +15,9 @@ import importlib.util
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -142,6 +142,33 @@ def exposed_activations(
                 if name in wanted
             }
             start = stop
+
+
+class Recorder(Protocol):
+    """What one run of the original model over the calibration batches feeds: the
+    activations it ``names``, piece by piece (see ``record``)."""
+
+    names: list[str]
+
+    def add(self, piece: Mapping[str, np.ndarray]) -> None: ...
+
+
+def record(
+    model: Any,
+    recorders: Sequence[Recorder],
+    batches: list[dict[str, np.ndarray]],
+    threads: int,
+    axes: Mapping[str, int | None] | None = None,
+) -> None:
+    """Run the original ``model`` once over ``batches``, exposing every activation that
+    any recorder names, and hand each piece to all of them (bias means and GPTQ statistics
+    come from the same run)."""
+    names = sorted({n for r in recorders for n in r.names})
+    if not names:
+        return
+    for piece in exposed_activations(model, names, batches, threads, axes):
+        for r in recorders:
+            r.add(piece)
 
 
 def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarray]:

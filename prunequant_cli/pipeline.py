@@ -247,13 +247,14 @@ def search(
     refuse(comparison.kinds)
     sites, _ = select_weights(ws.model, exclude)
     started = time.perf_counter()  # the time budget covers preparing the probe too
-    corrections = _bias_corrections(ws.model, sites, comparison) if bias_correction else {}
     float_bytes = 0
     for site in sites:
         tensor = site.value.const_value
         float_bytes += 0 if tensor is None else int(tensor.nbytes)
     stats_budget = max(SEARCH_STATS_MIN, SEARCH_STATS_SHARE * float_bytes)
-    stats = _layer_statistics(ws.model, sites, comparison, stats_budget)
+    corrections, stats = _calibration_pass(
+        ws.model, comparison, sites if bias_correction else [], sites, stats_budget
+    )
     folds = [Fold(*f) for f in comparison.calibration_folds()]
     probe = Probe(
         ws.model,
@@ -287,41 +288,36 @@ def search(
     return report
 
 
-def _bias_corrections(
-    ir_model: ir.Model, sites: list[Any], comparison: Comparison
-) -> dict[str, tuple[Any, np.ndarray]]:
-    """Each correctable weight's layer and the mean of its input on the calibration data
-    (never on the held-out samples the report is measured on)."""
-    from prunequant_cli.bias import activation_means, correctable
+def _calibration_pass(
+    ir_model: ir.Model,
+    comparison: Comparison,
+    bias_sites: list[Any],
+    gptq_sites: list[Any],
+    stats_budget: int | None = None,
+) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, list[np.ndarray]]]:
+    """One run of the original model over all calibration samples (never the held-out
+    samples the report is measured on) that records both what bias correction needs (each
+    correctable weight's layer and the mean of its input) and what GPTQ needs (the
+    layer-input statistics H = XᵀX of the weights it can round). The same whether a search
+    or a replay of its recipe computes them (a replay only records what its recipe uses)."""
+    from prunequant_cli.bias import ActivationMeans, correctable
+    from prunequant_cli.calibrate import MAX_STATS_BYTES, LayerStatistics
+    from prunequant_cli.evaluate import record
 
-    layers = {s.name: c for s in sites if (c := correctable(ir_model, s.value)) is not None}
-    means = activation_means(
+    layers = {s.name: c for s in bias_sites if (c := correctable(ir_model, s.value)) is not None}
+    means = ActivationMeans(sorted({c.activation for c in layers.values()}))
+    budget = MAX_STATS_BYTES if stats_budget is None else stats_budget
+    statistics = LayerStatistics(ir_model, gptq_sites, budget)
+    record(
         ir_model,
-        sorted({c.activation for c in layers.values()}),
+        [means, statistics],
         comparison.calibration_batches or [],
         comparison.config.threads,
         {s.name: s.batch_axis for s in comparison.specs},
     )
-    return {n: (c, means[c.activation]) for n, c in layers.items() if c.activation in means}
-
-
-def _layer_statistics(
-    ir_model: ir.Model, sites: list[Any], comparison: Comparison, budget: int | None = None
-) -> dict[str, list[np.ndarray]]:
-    """Layer-input statistics (H = XᵀX) of the weights GPTQ can round, from all calibration
-    samples: the same whether a search or a replay of its recipe computes them (a replay
-    only computes those of the weights its recipe rounds with GPTQ)."""
-    from prunequant_cli.calibrate import MAX_STATS_BYTES, layer_statistics
-
-    stats, _ = layer_statistics(
-        ir_model,
-        sites,
-        comparison.calibration_batches or [],
-        comparison.config.threads,
-        {s.name: s.batch_axis for s in comparison.specs},
-        MAX_STATS_BYTES if budget is None else budget,
-    )
-    return stats
+    found = means.means()
+    corrections = {n: (c, found[c.activation]) for n, c in layers.items() if c.activation in found}
+    return corrections, statistics.stats
 
 
 # A search holds the statistics of every weight it may round with GPTQ for its whole run:
@@ -434,17 +430,21 @@ def _compress_workspace(
         )
         for s in sites
     }
-    if config.bias_correction:
-        if comparison is None:
-            raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
-        if corrections is None:
-            corrections = _bias_corrections(ir_model, sites, comparison)
-        if corrections:
-            notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases absorb the shift")
+    if config.bias_correction and comparison is None:
+        raise UsageError("--bias-correction needs the evaluation inputs: drop --no-eval")
     gptq = [s for s in sites if config.for_tensor(s.name).rounding == "gptq"]
+    need_means = config.bias_correction and corrections is None
+    need_stats = bool(gptq) and comparison is not None and stats is None
+    if comparison is not None and (need_means or need_stats):
+        found_corrections, found_stats = _calibration_pass(
+            ir_model, comparison, sites if need_means else [], gptq if need_stats else []
+        )
+        corrections = found_corrections if need_means else corrections
+        stats = found_stats if need_stats else stats
+    if config.bias_correction and corrections:
+        notes.append(f"bias correction: {len(corrections)} Gemm/Conv biases absorb the shift")
     if gptq and comparison is not None:
-        if stats is None:
-            stats = _layer_statistics(ir_model, gptq, comparison)
+        assert stats is not None
         rounded = sum(1 for s in gptq if s.name in stats)
         notes.append(
             f"--rounding gptq: {rounded} weight(s) rounded from their layers' inputs on the "

@@ -258,3 +258,33 @@ def test_a_fixed_batch_model_is_calibrated_in_whole_batches(tmp_path):
     )  # fmt: skip
     assert doc["evaluation"]["samples"] == 64
     assert {t["rounding"] for t in doc["tensors"]} == {"gptq"}
+
+
+def test_bias_means_and_gptq_statistics_come_from_one_run_of_the_original(tmp_path, monkeypatch):
+    """The original model runs once over the calibration samples for both the bias
+    correction's input means and GPTQ's layer statistics (and the result is the same as
+    recording them apart)."""
+    from prunequant_cli import evaluate
+
+    cal, held = _halves(tmp_path, "digits_cnn")
+    runs = []
+    real = evaluate.exposed_activations
+
+    def counted(model, names, batches, *args, **kw):
+        runs.append(sorted(names))
+        return real(model, names, batches, *args, **kw)
+
+    monkeypatch.setattr(evaluate, "exposed_activations", counted)
+    from prunequant_cli import CompressConfig, EvalConfig, compress
+
+    src, out = SAMPLES / "digits_cnn.onnx", tmp_path / "g.onnx"
+    report = compress(
+        src,
+        out,
+        CompressConfig(bits=4, rounding="gptq", bias_correction=True),
+        EvalConfig(data=held, calibration_data=cal, latency_runs=1),
+    )
+    assert len(runs) == 1
+    assert any("bias correction" in n for n in report.notes)
+    assert {t.rounding for t in report.tensors} == {"gptq"}
+    run_both(src, out, {"input": np.load(held)["input"]})
