@@ -758,9 +758,13 @@ def _accuracy_gate(q: Quality | None, limit: float, strict: bool = False) -> Gat
 
 
 def _near_flip_drop(q: Quality) -> float:
-    """The metric drop that the near-flips stand for: their share of the original metric."""
+    """The metric drop that the near-flips stand for: their share of the original metric,
+    when the class output makes one prediction per sample (a metric of whole samples; the
+    positions of a sequence output are not what a sequence metric counts)."""
     share = q.at_risk_share
     if not share or q.metric_original is None or q.metric_original == 0:
+        return -math.inf
+    if q.agreement_counts is None or q.agreement_counts[1] != q.samples:
         return -math.inf
     return share * abs(q.metric_original)
 
@@ -770,8 +774,10 @@ def _at_risk(
 ) -> np.ndarray:
     """Per position (flat, in the order of the class ids): whether a rival class closed at
     least 1/NEAR_FLIP of the gap between the original's top two scores. Probabilities
-    (a Softmax output) are compared as log-probabilities, i.e. logits: a saturated 0.99999
-    that falls to 0.9 has lost most of its margin though it moved by 0.1."""
+    (a Softmax output) of one prediction per sample are compared as log-probabilities, i.e.
+    logits: a saturated 0.99999 that falls to 0.9 has lost most of its margin though it
+    moved by 0.1. (Per position of a sequence, the log-probabilities of the many unlikely
+    classes are too noisy to tell: they are compared as probabilities.)"""
     parts = []
     for ta, tc in zip(a, c, strict=True):
         if ta.ndim == 0:
@@ -782,7 +788,7 @@ def _at_risk(
             continue
         ta64 = np.moveaxis(ta.astype(np.float64), axis, -1)
         tc64 = np.moveaxis(tc.astype(np.float64), axis, -1)
-        if probabilities:
+        if probabilities and ta.ndim == 2:  # one prediction per sample
             tiny = np.finfo(np.float64).tiny
             ta64, tc64 = np.log(np.maximum(ta64, tiny)), np.log(np.maximum(tc64, tiny))
         top = np.argmax(ta64, axis=-1)[..., None]

@@ -154,6 +154,22 @@ def test_near_flips_count_against_accuracy_and_metric_budgets_in_the_search():
     assert accuracy.holds(q, strict=True)
 
 
+def test_near_flips_of_a_sequence_output_do_not_bind_a_metric_budget():
+    """Per position of [batch, time, classes] scores, near-flips count against agreement,
+    not against a metric of whole sequences (CTC blanks and repeats move without changing
+    the text)."""
+    kinds = {"seq": OutputKind(CLASS, -1)}
+    a = np.zeros((4, 5, 3), np.float32)
+    a[..., 0], a[..., 1] = 0.9, 0.1
+    c = a.copy()
+    c[:, 0] = [0.6, 0.4, 0.0]  # one near-flip per sequence
+    q = Judge(["seq"], kinds).measure([[a]], [[c]])
+    assert q.at_risk == 4 and q.samples == 4 and q.agreement_counts == (20, 20)
+    q.metric_original, q.metric_compressed = 1.0, 1.0
+    assert Budget(max_metric_drop=0.05).holds(q, strict=True)
+    assert not Budget(min_agreement=0.9).holds(q, strict=True)
+
+
 def test_near_flips_of_probabilities_are_measured_in_log_space():
     """A saturated Softmax output that falls from 0.99999 to 0.9 lost most of its margin in
     logits although it moved by 0.1: a near-flip. A rival rising from 1e-9 to 1e-8 is not."""
