@@ -527,6 +527,12 @@ def main() -> None:
     help="gptq: choose codes that minimise each MatMul/Gemm/Conv layer's output error on the "
     "calibration samples (GPTQ), which keeps 4 bits and below usable; nearest elsewhere.",
 )
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="At 4 bits and below, quantize the first and last layers too (by default the weights "
+    "of layers that read a model input or write a model output keep 8 bits).",
+)
 @click.option("--no-quantize", is_flag=True, help="Prune only: keep the weights in floating point.")
 @click.option(
     "--exclude",
@@ -626,6 +632,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             keep_quantized=opts["keep_quantized"],
             bias_correction=opts["bias_correction"],
             rounding=opts["rounding"],
+            all_layers=opts["all_layers"],
             exclude=opts["exclude"],
         )
         if opts["recipe"] is not None:
@@ -660,6 +667,7 @@ SETTING_OPTIONS = (
     "storage",
     "keep_quantized",
     "rounding",
+    "all_layers",
     "no_quantize",
     "recipe",
 )

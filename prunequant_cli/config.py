@@ -47,6 +47,10 @@ class CompressConfig:
         rounding: "nearest" (each code the nearest to its weight) or "gptq" (codes chosen
             to minimise each layer's output error on the calibration inputs, for the
             MatMul/Gemm/Conv weights whose inputs can be recorded; nearest elsewhere).
+        all_layers: At 4 bits and below, quantize the first and last layers to ``bits``
+            too; by default their weights keep 8 bits (the layers that read a model input
+            or write a model output through weightless ops, see
+            ``selection.boundary_weights``).
         exclude: Name globs of weights to leave untouched.
         per_tensor: Settings for single weights by name (from a recipe or a
             search); their threshold, sparsity, bits and quant replace these.
@@ -62,6 +66,7 @@ class CompressConfig:
     keep_quantized: bool = False
     bias_correction: bool = False
     rounding: str = "nearest"
+    all_layers: bool = False
     exclude: tuple[str, ...] = ()
     per_tensor: Mapping[str, CompressConfig] = field(default_factory=dict)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -416,6 +416,7 @@ def _compress_workspace(
     sites, skipped = select_weights(ir_model, config.exclude)
     if dense is not None:
         skipped = [*skipped, *(Skipped(n, r) for n, r in dense.skipped)]
+    config = _boundary_at_8_bits(ir_model, sites, config, notes)
     original.weights = len(sites)
     records = {
         s.name: TensorRecord(
@@ -553,6 +554,7 @@ def _compress_workspace(
             "keep_quantized": config.keep_quantized,
             "bias_correction": config.bias_correction,
             "rounding": config.rounding,
+            "all_layers": config.all_layers,
             "granularity": (
                 "per_tensor"
                 if config.quant == "codebook"
@@ -571,6 +573,32 @@ def _compress_workspace(
     )
     report.gates = check_gates(report, gates)
     return report
+
+
+# At this many bits or fewer, the first and last layers keep 8 bits unless --all-layers.
+BOUNDARY_BITS = 4
+
+
+def _boundary_at_8_bits(
+    ir_model: ir.Model, sites: list[Any], config: CompressConfig, notes: list[str]
+) -> CompressConfig:
+    """``config`` with the first and last layers' weights at 8 bits, when it quantizes every
+    weight to BOUNDARY_BITS or fewer (no per-weight settings, no --all-layers)."""
+    from prunequant_cli.selection import boundary_weights
+
+    if config.per_tensor or config.all_layers or config.bits is None:
+        return config
+    if config.bits > BOUNDARY_BITS:
+        return config
+    kept = sorted(boundary_weights(ir_model, sites))
+    if not kept:
+        return config
+    eight = replace(config, bits=8)
+    notes.append(
+        f"{len(kept)} weight(s) of the first and last layers kept 8 bits "
+        f"(--all-layers quantizes them to {config.bits} too)"
+    )
+    return replace(config, per_tensor={name: eight for name in kept})
 
 
 def _prune_channels(ir_model: ir.Model, config: CompressConfig, notes: list[str]) -> DenseResult:

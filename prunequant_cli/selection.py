@@ -154,3 +154,54 @@ def select_weights(
             else:
                 sites.append(WeightSite(value, graph, found[0], found[1]))
     return sites, skipped
+
+
+def boundary_weights(model: ir.Model, sites: Iterable[WeightSite]) -> set[str]:
+    """The weights of the first and last layers: those whose layer reads a model input, or
+    writes a model output, through ops that hold no weight (shape ops, activations, Concat,
+    Softmax...). Quantization hurts them most (the input layer sees raw, unnormalised
+    data; the output layer's error reaches the result undiluted), so at 4 bits and below
+    they keep 8 (see ``CompressConfig.all_layers``). Main-graph layers only."""
+    sites = [s for s in sites if s.graph is model.graph]
+    weighted: dict[int, set[str]] = {}  # id(node) -> its weights
+    names = {id(s.value) for s in sites}
+    for s in sites:
+        for use in s.value.uses():
+            weighted.setdefault(id(use.node), set()).add(s.name)
+    nodes = {id(u.node): u.node for s in sites for u in s.value.uses()}
+
+    def reaches_input(node: ir.Node) -> bool:
+        data = node.inputs[:1] if node.op_type in ("LSTM", "GRU", "RNN") else node.inputs
+        stack = [v for v in data if v is not None and id(v) not in names]
+        seen: set[int] = set()
+        while stack:
+            v = stack.pop()
+            if id(v) in seen or v.const_value is not None:
+                continue
+            seen.add(id(v))
+            if v.is_graph_input():
+                return True
+            producer = v.producer()
+            if producer is not None and id(producer) not in weighted:
+                stack.extend(i for i in producer.inputs if i is not None)
+        return False
+
+    def reaches_output(node: ir.Node) -> bool:
+        stack, seen = list(node.outputs), set()
+        while stack:
+            v = stack.pop()
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if v.is_graph_output():
+                return True
+            for use in v.uses():
+                if id(use.node) not in weighted and use.node.graph is model.graph:
+                    stack.extend(use.node.outputs)
+        return False
+
+    found: set[str] = set()
+    for key, node in nodes.items():
+        if node.graph is model.graph and (reaches_input(node) or reaches_output(node)):
+            found |= weighted[key]
+    return found

@@ -177,3 +177,79 @@ def test_asymmetric_step_follows_a_one_sided_range():
         sym_err = np.abs(dequantize(quantize(w, sym, bits), sym) - w).mean()
         asym_err = np.abs(_asymmetric(w, 0, bits)[3] - w).mean()
         assert asym_err < sym_err * 0.6
+
+
+def test_first_and_last_layers_keep_8_bits_at_4_bits_unless_all_layers(tmp_path):
+    """At 4 bits and below, the layers that read the model's input or write its output
+    (through weightless ops) keep 8 bits, said in a note and the settings; --all-layers
+    quantizes them too. The middle layers get the bits asked for; both models run."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from helpers import SAMPLES, run_both
+
+    from prunequant_cli.cli import main
+
+    src = SAMPLES / "digits_mlp.onnx"
+
+    def run(*extra):
+        out = tmp_path / f"m{len(extra)}.onnx"
+        r = CliRunner().invoke(
+            main, ["compress", str(src), str(out), "--bits", "4", "--json", *extra]
+        )
+        assert r.exit_code == 0, r.stderr
+        run_both(src, out, {"input": np.load(SAMPLES / "digits_mlp.npz")["input"][:8]})
+        return json.loads(r.stdout), out
+
+    doc, out = run()
+    bits = {t["name"]: t["bits"] for t in doc["tensors"]}
+    kept = {n for n, b in bits.items() if b == 8}
+    assert kept and len(kept) < len(bits) and set(bits.values()) == {4, 8}
+    assert doc["settings"]["all_layers"] is False
+    assert set(doc["settings"]["per_tensor"]) == kept
+    assert any("first and last layers kept 8 bits" in n for n in doc["notes"])
+    every, out_all = run("--all-layers")
+    assert {t["bits"] for t in every["tensors"]} == {4} and every["settings"]["all_layers"]
+    assert out_all.stat().st_size < out.stat().st_size
+
+
+def test_boundary_weights_are_found_through_weightless_ops():
+    """x -> Transpose -> MatMul(A) -> Relu -> MatMul(B) -> {MatMul(C) -> Softmax -> y,
+    Concat with itself -> z}: A reads the input and B writes z, both through ops without
+    weights; C writes y. A weightless MatMul of two activations does not stop the walk."""
+    import onnx_ir as ir
+    from helpers import FLOAT, make_model, rand, tensor
+    from onnx import helper
+
+    from prunequant_cli.selection import boundary_weights, select_weights
+
+    model = make_model(
+        [
+            helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["xt", "A"], ["a"]),
+            helper.make_node("Relu", ["a"], ["ar"]),
+            helper.make_node("MatMul", ["ar", "B"], ["b"]),
+            helper.make_node("MatMul", ["b", "C"], ["c"]),
+            helper.make_node("Softmax", ["c"], ["y"]),
+            helper.make_node("Concat", ["b", "b"], ["z"], axis=1),
+        ],
+        [("x", FLOAT, [8, 4])],
+        [("y", FLOAT, [4, 8]), ("z", FLOAT, [4, 16])],
+        [tensor("A", rand((8, 8))), tensor("B", rand((8, 8), 1)), tensor("C", rand((8, 8), 2))],
+    )
+    m = ir.serde.deserialize_model(model)
+    sites, _ = select_weights(m, ())
+    assert boundary_weights(m, sites) == {"A", "B", "C"}
+    inner = make_model(
+        [
+            helper.make_node("MatMul", ["x", "A"], ["a"]),
+            helper.make_node("MatMul", ["a", "B"], ["b"]),
+            helper.make_node("MatMul", ["b", "C"], ["y"]),
+        ],
+        [("x", FLOAT, [4, 8])],
+        [("y", FLOAT, [4, 8])],
+        [tensor("A", rand((8, 8))), tensor("B", rand((8, 8), 1)), tensor("C", rand((8, 8), 2))],
+    )
+    m = ir.serde.deserialize_model(inner)
+    assert boundary_weights(m, select_weights(m, ())[0]) == {"A", "C"}

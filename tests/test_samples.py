@@ -88,10 +88,11 @@ def test_opset_11_model_keeps_its_opset(tmp_path, bits):
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
 def test_4_bit_is_a_sixth_of_the_size_and_pruning_shrinks_it_again(tmp_path, name):
     ev = EvalConfig(data=SAMPLES / f"{name}.npz", latency_runs=3)
-    four = compress(SAMPLES / f"{name}.onnx", tmp_path / "a.onnx", CompressConfig(bits=4), ev)
+    every = {"bits": 4, "all_layers": True}  # 8-bit first and last layers are tested apart
+    four = compress(SAMPLES / f"{name}.onnx", tmp_path / "a.onnx", CompressConfig(**every), ev)
     assert four.ratio <= 1 / 6
     pruned = compress(
-        SAMPLES / f"{name}.onnx", tmp_path / "b.onnx", CompressConfig(bits=4, sparsity=0.5), ev
+        SAMPLES / f"{name}.onnx", tmp_path / "b.onnx", CompressConfig(**every, sparsity=0.5), ev
     )
     assert pruned.compressed.file_bytes < four.compressed.file_bytes
     for report in (four, pruned):
@@ -105,8 +106,10 @@ def test_asymmetric_4_bit_codes_are_closer_to_the_original(tmp_path, name):
     # leave one unused and spread the rest over [-max|w|, max|w|].
     ev = EvalConfig(data=SAMPLES / f"{name}.npz", latency_runs=3)
     src = SAMPLES / f"{name}.onnx"
-    sym = compress(src, tmp_path / "s.onnx", CompressConfig(bits=4), ev)
-    asym = compress(src, tmp_path / "a.onnx", CompressConfig(bits=4, quant="asymmetric"), ev)
+    sym = compress(src, tmp_path / "s.onnx", CompressConfig(bits=4, all_layers=True), ev)
+    asym = compress(
+        src, tmp_path / "a.onnx", CompressConfig(bits=4, quant="asymmetric", all_layers=True), ev
+    )
     assert all(t.encoding.endswith("-zp") for t in asym.tensors if t.encoding)
     assert asym.evaluation.outputs[0].sqnr_db > sym.evaluation.outputs[0].sqnr_db + 3
     assert asym.ratio < 1 / 5

@@ -167,6 +167,7 @@ def test_explicit_settings_make_the_budget_a_gate(tmp_path):
             str(tmp_path / "o.onnx"),
             "--bits",
             "2",
+            "--all-layers",
             "--data",
             str(SAMPLES / "digits_mlp.npz"),
             "--max-accuracy-drop",
