@@ -12,6 +12,8 @@ Modes, one prunequant process per model and mode, each given the kit's task metr
 
 * ``bits8`` / ``bits4``: ``--bits N --data holdout``; the metric is reported, not gated;
 * ``gptq4``: ``--bits 4 --rounding gptq --calibration-data calibration --data holdout``;
+* ``search_nearest`` (not in the default modes): the same search with nearest-rounded
+  candidates only (``search_nearest.py``), to say what GPTQ adds to a search;
 * ``search``: ``--calibration-data calibration --data holdout --max-metric-drop D``
   (``D`` = ``PRUNEQUANT_BENCH_METRIC_DROP``, default 0.02, absolute on the metric's scale);
   ``--min-cosine 0.99`` instead, without ``--metric``, for a model whose metric cannot be
@@ -57,9 +59,10 @@ import real_splits
 from real_splits import Split
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("bits8", "bits4", "gptq4", "search")
-DEFAULT_MODES = MODES
+MODES = ("bits8", "bits4", "gptq4", "search", "search_nearest")
+DEFAULT_MODES = MODES[:4]
 METRIC_FILE = REPO / "bench" / "real_metrics.py"
+NEAREST = REPO / "bench" / "search_nearest.py"
 # The search's budget: the task metric may drop this much (absolute, the metric's scale).
 METRIC_DROP = float(os.environ.get("PRUNEQUANT_BENCH_METRIC_DROP", "0.02"))
 MIN_COSINE = 0.99  # the search's budget for a model without a usable metric
@@ -159,7 +162,7 @@ def has_calibration_flag(pq: str) -> bool:
 def metric_args(name: str, mode: str) -> list[str]:
     """``--metric`` for a mode, and in a search the budget gate on it (else on cosine)."""
     metric = ["--metric", f"{METRIC_FILE}:{name}"] if name in real_metrics.METRICS else []
-    if mode != "search":
+    if mode not in ("search", "search_nearest"):
         return metric
     if metric and name not in real_metrics.NOT_ON_SUBSETS:
         return [*metric, "--max-metric-drop", str(METRIC_DROP)]
@@ -186,7 +189,7 @@ def mode_args(mode: str, split: Split, out_of_sample: bool, budget: str) -> tupl
         cal = str(split.calibration)
         args = ["--bits", "4", "--rounding", "gptq", *metric_args(split.name, mode)]
         return [*args, "--calibration-data", cal, "--data", hold], "calibration + holdout"
-    if mode == "search":
+    if mode in ("search", "search_nearest"):
         cal = str(split.calibration)
         common = [*metric_args(split.name, mode), "--time-budget", budget]
         if out_of_sample:
@@ -255,7 +258,9 @@ def run_one(
     for stale in runs.glob(f"{name}.{mode}.onnx*"):
         stale.unlink()
     model = cache / "models" / f"{name}.onnx"
-    cmd = [pq, "compress", str(model), str(out), *args, "--json"]
+    # search_nearest: the same search without GPTQ candidates (see search_nearest.py)
+    runner = [sys.executable, str(NEAREST)] if mode == "search_nearest" else [pq]
+    cmd = [*runner, "compress", str(model), str(out), *args, "--json"]
     launched = subprocess.run(
         [sys.executable, "-c", LAUNCHER, str(stdout), str(stderr), *cmd],
         capture_output=True,
@@ -291,7 +296,8 @@ def run_one(
     if budget_gates:
         row.pq_gate = all(bool(g.get("passed")) for g in budget_gates)
     cal = evaluation.get("calibration")
-    if mode == "search" and isinstance(cal, dict):  # schema 2: what the search tuned on
+    # schema 2: what the search tuned on
+    if mode in ("search", "search_nearest") and isinstance(cal, dict):
         overlap = ", overlapping its check" if cal.get("overlap") else ""
         row.notes.append(f"pq tuned on {cal.get('samples')} ({cal.get('source')}{overlap})")
     if any("time-budget ran out" in n for n in report.get("notes", [])):
@@ -381,7 +387,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", help="comma-separated subset of the kit's models (default: all)")
     p.add_argument(
-        "--modes", default=",".join(DEFAULT_MODES), help="subset of bits8,bits4,gptq4,search"
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help="subset of bits8,bits4,gptq4,search,search_nearest (default: all but the last)",
     )
     p.add_argument(
         "--in-sample",
