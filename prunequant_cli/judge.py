@@ -605,10 +605,12 @@ class Budget:
     def lossless(self) -> bool:
         return self.max_accuracy_drop == 0
 
-    def holds(self, q: Quality, strict: bool = False) -> bool:
-        return all(g.passed for g in self.verdicts(q, strict))
+    def holds(self, q: Quality, strict: bool = False, reserve: float = RESERVE) -> bool:
+        return all(g.passed for g in self.verdicts(q, strict, reserve))
 
-    def verdicts(self, q: Quality | None, strict: bool = False) -> list[Gate]:
+    def verdicts(
+        self, q: Quality | None, strict: bool = False, reserve: float = RESERVE
+    ) -> list[Gate]:
         """One gate per part of the budget, measured on ``q`` (None: not evaluated).
 
         ``strict`` is what the search holds its calibration samples to, so that its choice
@@ -621,7 +623,7 @@ class Budget:
           two scores) is a near-flip, which foretells the flips of samples it never saw: top-1
           agreement counts near-flips as changed, an accuracy drop is at least their share,
           and lossless wants none;
-        - a cosine or metric-drop budget keeps 10% of its allowance in reserve, and on a
+        - a cosine or metric-drop budget keeps ``reserve`` (10%) of its allowance back, and on a
           model with class scores a metric-drop budget also bounds the share of near-flips
           by the relative drop it allows (``max_metric_drop / |original metric|``): with
           few samples, a metric of whole samples cannot see a loss smaller than one of them.
@@ -649,7 +651,7 @@ class Budget:
         if self.min_cosine is not None:
             value = None if q is None else q.min_cosine
             if strict and value is not None:
-                value -= RESERVE * (1 - self.min_cosine)
+                value -= reserve * (1 - self.min_cosine)
             gates.append(
                 _bound(
                     "--min-cosine",
@@ -673,7 +675,7 @@ class Budget:
         if self.max_metric_drop is not None:
             value = None if q is None else q.metric_drop
             if strict and value is not None and q is not None:
-                value += RESERVE * abs(self.max_metric_drop)
+                value += reserve * abs(self.max_metric_drop)
                 value = max(value, _near_flip_drop(q))
             gates.append(
                 _bound(

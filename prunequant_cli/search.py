@@ -43,6 +43,9 @@ from prunequant_cli.selection import WeightSite
 # Configurations the confirming fold is asked about, at most.
 CONFIRM_LADDER = (0.7, 0.5, 0.25)  # damage of the larger confirmation candidates
 CONFIRM_CHECKS = 5
+# The share of a cosine or metric-drop allowance the confirming fold keeps back: the one
+# unbiased reading of a state must leave room for the noise of another set of samples.
+CONFIRM_RESERVE = 0.5
 
 SUBSET_SAMPLES = 128
 
@@ -631,7 +634,7 @@ def _confirm(
         t0 = time.perf_counter()
         qc = probe.quality(overrides_of(state, store=False), fold=1)
         clock.cost["check"] = time.perf_counter() - t0
-        ok = budget.holds(qc, strict=True)
+        ok = budget.holds(qc, strict=True, reserve=CONFIRM_RESERVE)
         checked.append(
             {"label": lab, "weight_bytes": weight_bytes(state), "quality": qc.to_dict(), "held": ok}
         )
