@@ -1,8 +1,8 @@
 """Layer-input statistics for data-aware rounding, recorded from the original model.
 
 For each weight that GPTQ can round (the weight input of a MatMul, a Gemm with
-transA = 0, a 1-D/2-D Conv, or the W and R matrices of an LSTM/GRU/RNN, in the main graph,
-used once), the layer's input is exposed
+transA = 0, a 1-D/2-D Conv or ConvTranspose, or the W and R matrices of an LSTM/GRU/RNN, in
+the main graph, used once), the layer's input is exposed
 as an extra output of the original model and run on the calibration batches, in pieces
 small enough that the exposed activations stay near ``evaluate.EXPOSED_BYTES``. Each piece
 adds XᵀX to a float64 matrix H of the layer's K inputs (for a Conv, its im2col patches
@@ -66,6 +66,11 @@ def layer_of(site: WeightSite, main: ir.Graph) -> Layer | str:
         return Layer(site.name, node, x.name, k)
     if op == "Conv" and idx == 1 and len(shape) in (3, 4):
         return Layer(site.name, node, x.name, k, node.attributes.get_int("group", 1))
+    if op == "ConvTranspose" and idx == 1 and len(shape) in (3, 4):
+        # W [C_in, C_out/group, kernel...]: each input channel's value at a position is
+        # spread over C_out/group × kernel outputs, so a group's K is its input channels
+        groups = node.attributes.get_int("group", 1)
+        return Layer(site.name, node, x.name, shape[0] // groups, groups)
     if op in ("LSTM", "GRU", "RNN") and idx in (1, 2) and len(shape) == 3:
         return _recurrent(site, node, idx, shape)
     return f"{op} input {idx} is not rounded with data"
@@ -104,6 +109,13 @@ def accumulate(
     x = np.asarray(piece[layer.activation])
     if layer.recurrent:
         return _accumulate_recurrent(layer, x, piece.get(layer.initial), h)
+    if layer.node.op_type == "ConvTranspose":  # [N, C, spatial...] -> per group [N·S, C/g]
+        flat = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+        per_group = x.shape[1] // layer.groups
+        for g in range(layer.groups):
+            part = flat[:, g * per_group : (g + 1) * per_group].astype(np.float64)
+            h[g] += part.T @ part
+        return flat.shape[0]
     if layer.node.op_type != "Conv":
         flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
         h[0] += flat.T @ flat

@@ -265,6 +265,24 @@ def _gptq_codes(
         ]
         codes = [_gptq_matrix(*part, lo, m, pruned) for part in parts]
         return np.stack(codes).astype(np.int8)
+    if site.op_types == ("ConvTranspose",):
+        # [C_in, C_out/group, kernel...]: per group, a matrix [C_out/group · kernel, C_in/group]
+        # (the outputs each input channel writes before they are summed into place)
+        per_group = w.shape[0] // len(stats)
+        found = np.empty(w.shape, dtype=np.int64)
+        for g, h in enumerate(stats):
+            rows_of = slice(g * per_group, (g + 1) * per_group)
+            chosen = _gptq_matrix(
+                _spread_matrix(w[rows_of]),
+                _spread_matrix(scale[rows_of]),
+                None if zero is None else _spread_matrix(zero[rows_of]),
+                h,
+                lo,
+                m,
+                pruned,
+            )
+            found[rows_of] = chosen.T.reshape(w[rows_of].shape)
+        return found.astype(np.int8)
     axis, rows = site.axis % w.ndim, w.shape[site.axis]
 
     def matrix(a: np.ndarray) -> np.ndarray:
@@ -285,6 +303,11 @@ def _gptq_codes(
         )
     moved = np.moveaxis(w, axis, 0).shape
     return np.moveaxis(out.reshape(moved), 0, axis).astype(np.int8)
+
+
+def _spread_matrix(a: np.ndarray) -> np.ndarray:
+    """A ConvTranspose group's [C_in/group, C_out/group, kernel...] as [outputs, inputs]."""
+    return np.asarray(a).reshape(a.shape[0], -1).T
 
 
 def _gptq_matrix(
