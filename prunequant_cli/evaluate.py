@@ -101,6 +101,11 @@ def exposing_session(model: Any, names: list[str], threads: int) -> tuple[Any, l
 EXPOSED_BYTES = 256 * 2**20
 
 
+# A search holds a task metric to its budget also with each candidate's output change doubled:
+# what just fits its calibration samples must have room for samples of smaller margin.
+METRIC_STRESS = 2.0
+
+
 def exposed_activations(
     model: Any,
     names: list[str],
@@ -375,8 +380,11 @@ class Comparison:
         return holdout, calibration
 
     def judge_for(self, reference: list[list[np.ndarray]], labels: np.ndarray | None) -> Judge:
-        """A judge of other samples (calibration folds), with the same kinds and metric."""
-        judge = Judge(self.outputs, self.kinds, labels, self.metric, self.config.label_output)
+        """A judge of a search's calibration folds, with the same kinds and metric, and the
+        metric also taken of each candidate's output change amplified (METRIC_STRESS)."""
+        judge = Judge(
+            self.outputs, self.kinds, labels, self.metric, self.config.label_output, METRIC_STRESS
+        )
         judge.check_labels(reference)
         return judge
 

@@ -194,6 +194,8 @@ class Quality:
     paired: tuple[int, int, int, int] | None = None
     metric_original: float | None = None
     metric_compressed: float | None = None
+    # the metric of the candidate's output change amplified (Judge.stress), in a search
+    metric_stressed: float | None = None
     # class predictions moved by a quarter of their original margin (NEAR_FLIP): in the
     # agreement output, and in all class outputs together
     at_risk: int = 0
@@ -366,6 +368,9 @@ class Judge:
     labels: np.ndarray | None = None
     metric: Metric | None = None
     label_output: str | None = None
+    # > 0: the metric is also taken of the candidate's outputs moved this many times as far
+    # from the reference's (Quality.metric_stressed), which a search holds to its budget
+    stress: float = 0.0
     _metric_reference: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -430,6 +435,10 @@ class Judge:
                 self._metric_reference = ref
             q.metric_original = self._metric_reference
             q.metric_compressed = self.metric(self.outputs, reference, candidate, self.labels)
+            if self.stress:
+                moved = zip(reference, candidate, strict=True)
+                stressed = [_stressed(r, c, self.stress) for r, c in moved]
+                q.metric_stressed = self.metric(self.outputs, reference, stressed, self.labels)
         return q
 
     def _accuracy(
@@ -623,6 +632,9 @@ class Budget:
           two scores) is a near-flip, which foretells the flips of samples it never saw: top-1
           agreement counts near-flips as changed, an accuracy drop is at least their share,
           and lossless wants none;
+        - a task metric must also hold on the candidate's outputs moved ``Judge.stress``
+          times as far from the original's (what a search's judges measure): an unseen
+          sample's margin may be that much smaller;
         - a cosine or metric-drop budget keeps ``reserve`` (10%) of its allowance back, and on a
           model with class scores a metric-drop budget also bounds the share of near-flips
           by the relative drop it allows (``max_metric_drop / |original metric|``): with
@@ -663,6 +675,8 @@ class Budget:
             )
         if self.min_metric is not None:
             value = None if q is None else q.metric_compressed
+            if strict and value is not None and q is not None and q.metric_stressed is not None:
+                value = min(value, q.metric_stressed)
             gates.append(
                 _bound(
                     "--min-metric",
@@ -677,6 +691,8 @@ class Budget:
             if strict and value is not None and q is not None:
                 value += reserve * abs(self.max_metric_drop)
                 value = max(value, _near_flip_drop(q))
+                if q.metric_stressed is not None and q.metric_original is not None:
+                    value = max(value, q.metric_original - q.metric_stressed)
             gates.append(
                 _bound(
                     "--max-metric-drop",
@@ -757,6 +773,20 @@ def _accuracy_gate(q: Quality | None, limit: float, strict: bool = False) -> Gat
         )
 
     return Gate(name, limit, drop, passed, reason)
+
+
+def _stressed(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], factor: float
+) -> list[np.ndarray]:
+    """The candidate's float outputs moved ``factor`` times as far from the reference's."""
+    out = []
+    for a, c in zip(reference, candidate, strict=True):
+        a, c = np.asarray(a), np.asarray(c)
+        if a.dtype.kind == "f" and a.shape == c.shape:
+            with np.errstate(all="ignore"):
+                c = (a + factor * (c.astype(np.float64) - a)).astype(c.dtype)
+        out.append(c)
+    return out
 
 
 def _near_flip_drop(q: Quality) -> float:

@@ -170,6 +170,28 @@ def test_near_flips_of_a_sequence_output_do_not_bind_a_metric_budget():
     assert not Budget(min_agreement=0.9).holds(q, strict=True)
 
 
+def test_a_search_holds_a_metric_also_with_the_output_change_doubled():
+    """Judge.stress: the metric of the candidate's outputs moved twice as far. A change that
+    just fits (no sample lost) but would lose samples at twice the distance fails the
+    search's reading of a metric budget, not the report's."""
+    from prunequant_cli.judge import Metric
+
+    def share_positive(reference, candidate, labels):
+        return float(np.mean(np.concatenate([b["y"] for b in candidate]) > 0))
+
+    metric = Metric("share_positive", share_positive)
+    a = np.full((10, 1), 1.0, np.float32)
+    c = a.copy()
+    c[:3] = 0.4  # still positive; at twice the change (1 - 2 x 0.6 = -0.2) it is not
+    plain = Judge(["y"], {}, metric=metric).measure([[a]], [[c]])
+    stressed = Judge(["y"], {}, metric=metric, stress=2.0).measure([[a]], [[c]])
+    assert plain.metric_stressed is None and stressed.metric_stressed == pytest.approx(0.7)
+    budget = Budget(max_metric_drop=0.1)
+    assert budget.holds(plain, strict=True) and budget.holds(stressed)
+    assert not budget.holds(stressed, strict=True)
+    assert not Budget(min_metric=0.9).holds(stressed, strict=True)
+
+
 def test_near_flips_of_probabilities_are_measured_in_log_space():
     """A saturated Softmax output that falls from 0.99999 to 0.9 lost most of its margin in
     logits although it moved by 0.1: a near-flip. A rival rising from 1e-9 to 1e-8 is not."""
