@@ -9,6 +9,7 @@ materialises one pruned weight at a time and memory follows the largest tensor.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -259,55 +260,64 @@ def _gptq_codes(
     zero = None if p.zero_point is None else np.broadcast_to(p.zero_point, w.shape)
     m = quantization.qmax(bits)
     lo = -m if zero is None else -m - 1
-    if set(site.op_types) & {"LSTM", "GRU", "RNN"}:  # [directions, gates, inputs]
-        parts = [
-            (w[d], scale[d], None if zero is None else zero[d], stats[d]) for d in range(w.shape[0])
-        ]
-        codes = [_gptq_matrix(*part, lo, m, pruned) for part in parts]
-        return np.stack(codes).astype(np.int8)
-    if site.op_types == ("ConvTranspose",):
-        # [C_in, C_out/group, kernel...]: per group, a matrix [C_out/group · kernel, C_in/group]
-        # (the outputs each input channel writes before they are summed into place)
-        per_group = w.shape[0] // len(stats)
-        found = np.empty(w.shape, dtype=np.int64)
-        for g, h in enumerate(stats):
-            rows_of = slice(g * per_group, (g + 1) * per_group)
-            chosen = _gptq_matrix(
-                _spread_matrix(w[rows_of]),
-                _spread_matrix(scale[rows_of]),
-                None if zero is None else _spread_matrix(zero[rows_of]),
-                h,
-                lo,
-                m,
-                pruned,
-            )
-            found[rows_of] = chosen.T.reshape(w[rows_of].shape)
-        return found.astype(np.int8)
-    axis, rows = site.axis % w.ndim, w.shape[site.axis]
-
-    def matrix(a: np.ndarray) -> np.ndarray:
-        return np.moveaxis(a, axis, 0).reshape(rows, -1)
-
-    per_group = rows // len(stats)
-    out = np.empty((rows, w.size // rows), dtype=np.int64)
-    for g, h in enumerate(stats):
-        part = slice(g * per_group, (g + 1) * per_group)
-        out[part] = _gptq_matrix(
-            matrix(w)[part],
-            matrix(scale)[part],
-            None if zero is None else matrix(zero)[part],
-            h,
+    out = np.empty(w.shape, dtype=np.int64)
+    for where, h, to_matrix, back in _gptq_views(w, site, len(stats)):
+        part = w[where]
+        chosen = _gptq_matrix(
+            to_matrix(part),
+            to_matrix(scale[where]),
+            None if zero is None else to_matrix(zero[where]),
+            stats[h],
             lo,
             m,
             pruned,
         )
-    moved = np.moveaxis(w, axis, 0).shape
-    return np.moveaxis(out.reshape(moved), 0, axis).astype(np.int8)
+        out[where] = back(chosen, part.shape)
+    return out.astype(np.int8)
 
 
-def _spread_matrix(a: np.ndarray) -> np.ndarray:
-    """A ConvTranspose group's [C_in/group, C_out/group, kernel...] as [outputs, inputs]."""
-    return np.asarray(a).reshape(a.shape[0], -1).T
+Matrix = Callable[[np.ndarray], np.ndarray]
+Unmatrix = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+def _gptq_views(
+    w: np.ndarray, site: WeightSite, count: int
+) -> list[tuple[tuple[Any, ...], int, Matrix, Unmatrix]]:
+    """How GPTQ sees ``w``: per statistics matrix h, the part of ``w`` it rounds, and how that
+    part becomes a matrix [output rows, inputs] and back."""
+    if set(site.op_types) & {"LSTM", "GRU", "RNN"}:  # [directions, gates, inputs]
+        same: Matrix = np.asarray
+        return [((d,), d, same, lambda c, shape: c) for d in range(count)]
+    if site.op_types == ("ConvTranspose",):
+        # [C_in, C_out/group, kernel...]: per group, a matrix [C_out/group · kernel, C_in/group]
+        # (the outputs each input channel writes before they are summed into place)
+        per_group = w.shape[0] // count
+
+        def spread(a: np.ndarray) -> np.ndarray:
+            return a.reshape(a.shape[0], -1).T
+
+        def unspread(c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+            return c.T.reshape(shape)
+
+        return [
+            ((slice(g * per_group, (g + 1) * per_group),), g, spread, unspread)
+            for g in range(count)
+        ]
+    # MatMul/Gemm, and Conv kernels as im2col reads them: one row group per Conv group
+    axis = site.axis % w.ndim
+    per_group = w.shape[axis] // count
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        return np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+
+    def unrows(c: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        moved = (shape[axis], *(d for i, d in enumerate(shape) if i != axis))
+        return np.moveaxis(c.reshape(moved), 0, axis)
+
+    lead = (slice(None),) * axis
+    return [
+        ((*lead, slice(g * per_group, (g + 1) * per_group)), g, rows, unrows) for g in range(count)
+    ]
 
 
 def _gptq_matrix(

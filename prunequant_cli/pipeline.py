@@ -247,10 +247,7 @@ def search(
     refuse(comparison.kinds)
     sites, _ = select_weights(ws.model, exclude)
     started = time.perf_counter()  # the time budget covers preparing the probe too
-    float_bytes = 0
-    for site in sites:
-        tensor = site.value.const_value
-        float_bytes += 0 if tensor is None else int(tensor.nbytes)
+    float_bytes = sum(int(t.nbytes) for s in sites if (t := s.value.const_value) is not None)
     stats_budget = max(SEARCH_STATS_MIN, SEARCH_STATS_SHARE * float_bytes)
     corrections, stats = _calibration_pass(
         ws.model, comparison, sites if bias_correction else [], sites, stats_budget
@@ -586,9 +583,7 @@ def _boundary_at_8_bits(
     weight to BOUNDARY_BITS or fewer (no per-weight settings, no --all-layers)."""
     from prunequant_cli.selection import boundary_weights
 
-    if config.per_tensor or config.all_layers or config.bits is None:
-        return config
-    if config.bits > BOUNDARY_BITS:
+    if config.per_tensor or config.all_layers or config.bits is None or config.bits > BOUNDARY_BITS:
         return config
     kept = sorted(boundary_weights(ir_model, sites))
     if not kept:
