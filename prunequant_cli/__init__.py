@@ -10,11 +10,35 @@ The command-line tool is a thin layer over this package::
 
 from __future__ import annotations
 
-from prunequant_cli.config import CompressConfig, EvalConfig, GateConfig
-from prunequant_cli.errors import PrunequantError
-from prunequant_cli.pipeline import compare, compress, inspect_model
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prunequant_cli.config import CompressConfig, EvalConfig, GateConfig
+    from prunequant_cli.errors import PrunequantError
+    from prunequant_cli.pipeline import compare, compress, inspect_model
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that the command line starts (and answers a signal) before
+# onnx and numpy are loaded.
+_LAZY = {
+    "CompressConfig": "prunequant_cli.config",
+    "EvalConfig": "prunequant_cli.config",
+    "GateConfig": "prunequant_cli.config",
+    "PrunequantError": "prunequant_cli.errors",
+    "compare": "prunequant_cli.pipeline",
+    "compress": "prunequant_cli.pipeline",
+    "inspect_model": "prunequant_cli.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prunequant_cli' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "CompressConfig",

@@ -1,3 +1,3 @@
-from prunequant_cli.cli import main
+from prunequant_cli.entry import main
 
 main()

@@ -25,8 +25,10 @@ from prunequant_cli.errors import (
     EXIT_INTERNAL,
     EXIT_RESOURCE,
     PrunequantError,
+    UsageError,
     safe_text,
 )
+from prunequant_cli.supervise import Interrupted, signal_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,8 +118,13 @@ def _execute(debug: bool, action: Callable[[], int]) -> int:
         click.echo("prunequant: error: out of memory (see --memory-limit)", err=True)
         return EXIT_RESOURCE
     except KeyboardInterrupt:
-        click.echo("prunequant: error: interrupted", err=True)
+        click.echo("prunequant: error: interrupted (SIGINT); nothing was written", err=True)
         return 130
+    except Interrupted as e:
+        if not e.quiet:
+            name = signal_name(e.signum)
+            click.echo(f"prunequant: error: interrupted ({name}); nothing was written", err=True)
+        return 128 + e.signum
     except Exception as e:
         if debug:
             raise
@@ -135,7 +142,7 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
     ``guarded`` are the files the run writes: if the child dies, the temporary files it
     left beside them are removed.
     """
-    from prunequant_cli.supervise import Limits, run_supervised, signal_name
+    from prunequant_cli.supervise import Limits, run_supervised
 
     global _STDOUT_IS_TERMINAL
     _STDOUT_IS_TERMINAL = sys.stdout.isatty()
@@ -149,22 +156,25 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
     versions = {p: _version(p) for p in paths}
 
     def cleanup() -> None:
-        # A run that was killed delivers nothing: its temporaries go, and so do the
-        # outputs it had already written (a model whose evaluation never finished).
+        # A run that was killed delivers nothing: its temporaries go. Its outputs are only
+        # moved into place once it has succeeded, so the previous ones are still there.
         for p in paths:
             for leftover in _temporaries(p) - before[p]:
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
-            if _version(p) not in (None, versions[p]) and not p.is_symlink():
-                p.unlink(missing_ok=True)
 
     outcome = run_supervised(lambda: _execute(debug, action), Limits(timeout, memory), cleanup)
+    if outcome.interrupted is not None:
+        done = any(_version(p) != versions[p] for p in paths)
+        kept = "its outputs were already written" if done else "nothing was written"
+        name = signal_name(outcome.interrupted)
+        _fail(f"interrupted ({name}); {kept}", 128 + outcome.interrupted)
     if outcome.timed_out:
-        _fail(
-            f"timed out after {opts['timeout']:g} s (--timeout); no output was kept", EXIT_RESOURCE
-        )
+        done = any(_version(p) != versions[p] for p in paths)
+        kept = "its outputs were already written" if done else "nothing was written"
+        _fail(f"timed out after {opts['timeout']:g} s (--timeout); {kept}", EXIT_RESOURCE)
     if outcome.signal is not None:
         name = signal_name(outcome.signal)
         _fail(
@@ -424,13 +434,36 @@ def _configs(opts: dict[str, Any], no_eval: bool) -> tuple[Any, Any]:
     return ev, gates
 
 
-def _finish(report: Any, opts: dict[str, Any]) -> int:
-    """Print the report as asked, write --report, and say the exit code."""
-    from prunequant_cli.model_io import write_text_atomic
-    from prunequant_cli.report import markdown_report, render_compress
+def _side_files(opts: dict[str, Any], reads: tuple[tuple[str, Path], ...] = ()) -> Any:
+    """The --report and --plot files, written from the report with the model; ``reads``:
+    more files the command reads."""
+    from prunequant_cli.outputs import SideFiles
 
-    if opts["report_path"] is not None:
-        write_text_atomic(opts["report_path"], markdown_report(report), "report")
+    writes = []
+    if opts.get("report_path") is not None:
+        writes.append(("--report", opts["report_path"]))
+    if opts.get("plot_path") is not None:
+        writes.append(("--plot", opts["plot_path"]))
+
+    def render(report: Any) -> dict[Path, bytes]:
+        from prunequant_cli.report import markdown_report
+
+        files = {}
+        if opts.get("report_path") is not None:
+            files[opts["report_path"]] = markdown_report(report).encode("utf-8")
+        if opts.get("plot_path") is not None and report.search is not None:
+            from prunequant_cli.plot import plot_search
+
+            files[opts["plot_path"]] = plot_search(report.search)
+        return files
+
+    return SideFiles(writes=tuple(writes), reads=reads, render=render)
+
+
+def _finish(report: Any, opts: dict[str, Any]) -> int:
+    """Print the report as asked and say the exit code (its files are already written)."""
+    from prunequant_cli.report import render_compress
+
     if opts["as_json"]:
         _emit_json(report.to_dict())
     elif not opts["quiet"]:
@@ -605,7 +638,13 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
         ]
         progress = _progress(show_progress)
+        reads = (("--recipe", opts["recipe"]),) if opts["recipe"] is not None else ()
+        side = _side_files(opts, reads)
         if gates.budget_given and not explicit:
+            if opts["plot_path"] is not None:
+                from prunequant_cli.plot import require_matplotlib
+
+                require_matplotlib()  # before the search, not after it
             report = search(
                 model,
                 output,
@@ -615,12 +654,11 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
                 opts["write_recipe"],
                 opts["exclude"],
                 progress,
+                side=side,
             )
-            if opts["plot_path"] is not None and report.search is not None:
-                from prunequant_cli.plot import plot_search
-
-                plot_search(report.search, opts["plot_path"])
             return _finish(report, opts)
+        if opts["plot_path"] is not None:
+            raise UsageError("--plot draws what a search measured: give a budget, no settings")
         config = CompressConfig(
             threshold=opts["threshold"],
             sparsity=opts["sparsity"],
@@ -639,7 +677,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             from prunequant_cli.recipe import read_recipe
 
             config = read_recipe(opts["recipe"], config)
-        report = run_compress(model, output, config, ev, gates, progress)
+        report = run_compress(model, output, config, ev, gates, progress, side=side)
         return _finish(report, opts)
 
     recipe_out = opts["write_recipe"] or output.with_name(output.name + ".recipe.toml")
@@ -696,7 +734,9 @@ def compare(model_a: Path, model_b: Path, **opts: Any) -> None:
         from prunequant_cli.pipeline import compare as run_compare
 
         ev, gates = _configs(opts, no_eval=False)
-        report = run_compare(model_a, model_b, ev, gates, _progress(show_progress))
+        report = run_compare(
+            model_a, model_b, ev, gates, _progress(show_progress), side=_side_files(opts)
+        )
         return _finish(report, opts)
 
     _run(opts, body, [opts["report_path"]])

@@ -35,6 +35,9 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_EVALUATION, "onnxruntime could not run the original or the compressed model"),
     (EXIT_GATE, "a gate failed (the model and the reports were still written)"),
     (EXIT_RESOURCE, "a limit was hit: --timeout, --memory-limit, or a size limit of the model"),
+    (129, "interrupted by SIGHUP (nothing was written)"),
+    (130, "interrupted by SIGINT, Ctrl-C (nothing was written)"),
+    (143, "interrupted by SIGTERM (nothing was written)"),
 )
 
 

@@ -12,13 +12,10 @@ a symlink planted at the destination is replaced, not followed.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import mmap
 import os
-import shutil
 import stat
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +35,7 @@ from prunequant_cli.errors import (
     UnsupportedModelError,
     safe_text,
 )
+from prunequant_cli.outputs import Staging
 from prunequant_cli.selection import dims
 
 # Above this many bytes of tensor data, the protobuf file format cannot hold the model.
@@ -415,56 +413,9 @@ def gzip_bytes(sources: Iterable[Path | bytes]) -> int:
     return total
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: Path, text: str, what: str = "file") -> None:
-    """Write a small text file (a report, a recipe): a temporary file beside it, then a rename."""
-    write_bytes_atomic(path, text.encode("utf-8"), what)
-
-
-def write_bytes_atomic(path: Path, data: bytes, what: str = "file") -> None:
-    """Write a small file atomically: a temporary file beside it, then a rename."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise OutputError(f"cannot write {what} {safe_text(path)}: {e.strerror or e}") from None
-
-
 def data_file_name(output: Path) -> str:
     """Name of the external data file written beside ``output``."""
     return output.name + ".data"
-
-
-def check_output_target(input_path: Path | None, output: Path, input_data: set[Path]) -> None:
-    """Refuse an output that would overwrite the input or its data, before any work."""
-    if output.exists() and output.is_dir():
-        raise OutputError(f"output is a folder: {safe_text(output)}")
-    if not output.parent.exists():
-        raise OutputError(f"output folder does not exist: {safe_text(output.parent)}")
-    targets = [output, output.parent / data_file_name(output)]
-    protected = set(input_data)
-    if input_path is not None:
-        protected.add(input_path.resolve())
-    for target in targets:
-        if not target.exists():
-            continue
-        for p in protected:
-            if target.resolve() == p or (p.exists() and os.path.samefile(target, p)):
-                raise OutputError(
-                    f"output {safe_text(target)} would overwrite the input {safe_text(p)}"
-                )
 
 
 def _tidy(proto: onnx.ModelProto) -> bytes:
@@ -550,37 +501,27 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     scratch.unlink(missing_ok=True)
 
 
-def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]:
-    """Write ``model`` to ``output`` atomically; return the files written.
+def stage_model(model: ir.Model, output: Path, external_data: bool, staging: Staging) -> Path:
+    """Write ``model`` into a private temporary folder beside ``output``, to be moved onto it
+    when ``staging`` commits; return the staged model file (what to load and evaluate).
 
     With ``external_data`` the tensors go to ``<output>.data`` beside it (always
-    rewritten, never appended to).
+    rewritten, never appended to); the staged file refers to it by that name.
     """
-    parent = output.parent
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
-    except OSError as e:
-        raise OutputError(f"cannot write in {safe_text(parent)}: {e.strerror}") from None
+    tmp = staging.folder(output)
     try:
         staged = tmp / output.name
-        written = [output]
+        finals = [output]
         if external_data:
             _write(model, staged, data_file_name(output))
-            written.insert(0, parent / data_file_name(output))
+            finals.insert(0, output.parent / data_file_name(output))
         else:
             _write(model, staged, None)
-        for final in written:
+        for final in finals:  # data before the model that points at it
             with open(tmp / final.name, "rb+") as f:
                 os.fsync(f.fileno())
-        for final in written:  # data before the model that points at it
-            os.replace(tmp / final.name, final)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return written
+            staging.add(tmp / final.name, final)
+        return staged
     except OSError as e:
         raise OutputError(f"cannot write {safe_text(output)}: {e.strerror or e}") from None
     except ValueError as e:  # e.g. a protobuf over 2 GiB
@@ -589,8 +530,6 @@ def save_model(model: ir.Model, output: Path, external_data: bool) -> list[Path]
         raise InvalidModelError(
             f"the model holds something that cannot be written back: {safe_text(e)}"
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def needs_external_data(model: ir.Model, input_external: bool) -> bool:

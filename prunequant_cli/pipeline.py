@@ -27,15 +27,15 @@ from prunequant_cli.errors import (
 from prunequant_cli.gates import check_gates
 from prunequant_cli.inspection import Inspection, inspect_ir
 from prunequant_cli.model_io import (
-    check_output_target,
+    data_file_name,
     densify_sparse_initializers,
     external_files,
     gzip_bytes,
     load_model,
     needs_external_data,
-    save_model,
-    write_text_atomic,
+    stage_model,
 )
+from prunequant_cli.outputs import SideFiles, Staging, check_paths, metric_file
 from prunequant_cli.passes import (
     LiftWeightConstantsPass,
     PrunePass,
@@ -165,12 +165,23 @@ def _workspace(
     progress: Progress,
     calibrate: bool = False,
     check: Callable[[ir.Model], None] | None = None,
+    side: SideFiles | None = None,
+    recipe: Path | None = None,
 ) -> Workspace:
-    """Load ``model``, check ``out`` against it, prepare its weights, and (when evaluating)
-    run the original on the data. ``check`` sees the model before anything heavy runs."""
+    """Load ``model``, check every path the run writes (``out``, a search's ``recipe``,
+    ``side``) against every path it reads, prepare the weights, and (when evaluating) run
+    the original on the data. ``check`` sees the model before anything heavy runs."""
     progress.stage("loading")
     ir_model, in_path, in_external, densified = _load_input(model)
-    check_output_target(in_path, out, in_external)
+    writes = [("output", out), ("the output's data file", out.parent / data_file_name(out))]
+    if recipe is not None:
+        writes.append(("the recipe", recipe))
+    reads = [("the input model", p) for p in [in_path] if p is not None]
+    reads += [("the input's external data", p) for p in sorted(in_external)]
+    check_paths([*reads, *_evaluation_reads(evaluation), *(side.reads if side else ())],
+                [*writes, *(side.writes if side else ())])  # fmt: skip
+    if check is not None:
+        check(ir_model)
     if check is not None:
         check(ir_model)
     if in_path is not None:
@@ -192,6 +203,24 @@ def _workspace(
     )
 
 
+def _evaluation_reads(evaluation: EvalConfig) -> list[tuple[str, Path]]:
+    """The files the evaluation reads: data, calibration data, a metric's file."""
+    found = [("--data", evaluation.data), ("--calibration-data", evaluation.calibration_data)]
+    found.append(("--metric", metric_file(evaluation.metric)))
+    return [(what, Path(p)) for what, p in found if p is not None]
+
+
+def _deliver(report: CompressReport, staging: Staging, side: SideFiles | None) -> CompressReport:
+    """Stage the files rendered from the finished report beside the model, then move all of
+    them into place: the run succeeded (a failed gate is a result, and is delivered too)."""
+    if side is not None and side.render is not None:
+        for path, data in side.render(report).items():
+            what = {p: w for w, p in side.writes}.get(path, "file")
+            staging.add_bytes(path, data, what)
+    staging.commit()
+    return report
+
+
 def search(
     model: str | Path,
     output: str | Path,
@@ -202,6 +231,7 @@ def search(
     exclude: tuple[str, ...] = (),
     progress: Progress | None = None,
     bias_correction: bool = True,
+    side: SideFiles | None = None,
 ) -> CompressReport:
     """Find per-weight settings for the smallest model within the quality budget, and write it.
 
@@ -211,7 +241,8 @@ def search(
     split of ``evaluation.data``); the model is then verified on the held-out samples,
     and ``report.passed`` says whether the budget holds there (the best model found is
     written even when it does not). The chosen settings are written as a recipe
-    (``recipe``, by default ``<output>.recipe.toml``).
+    (``recipe``, by default ``<output>.recipe.toml``). ``side``: more files written from the
+    report with the model, and more files read (checked against every file written).
     """
     from prunequant_cli.judge import CLASS, Budget, output_kinds
     from prunequant_cli.recipe import recipe_text
@@ -241,7 +272,9 @@ def search(
         if evaluation.data is None and evaluation.calibration_data is None:
             refuse(output_kinds(m, evaluation.label_output, evaluation.output_kinds))
 
-    ws = _workspace(model, out, evaluation, progress, calibrate=True, check=check)
+    ws = _workspace(
+        model, out, evaluation, progress, calibrate=True, check=check, side=side, recipe=recipe_path
+    )
     comparison = ws.comparison
     assert comparison is not None and comparison.calibration_batches is not None
     refuse(comparison.kinds)
@@ -270,9 +303,21 @@ def search(
         per_tensor=result.config.per_tensor, exclude=exclude, bias_correction=bias_correction
     )
     comment = f"chosen by a search for: {budget.words()}"
-    write_text_atomic(recipe_path, recipe_text(config, comment), "recipe")
-    report = _compress_workspace(ws, out, config, gates, progress, corrections, stats=stats)
-    report.search = {**result.to_dict(), "recipe": str(recipe_path)}
+    staging = Staging()
+    try:
+        report = _compress_workspace(
+            ws, out, config, gates, progress, staging, corrections, stats=stats
+        )
+        staging.add_bytes(recipe_path, recipe_text(config, comment).encode("utf-8"), "recipe")
+        report.search = {**result.to_dict(), "recipe": str(recipe_path)}
+        _finish_search(report, result)
+        return _deliver(report, staging, side)
+    finally:
+        staging.discard()
+
+
+def _finish_search(report: CompressReport, result: Any) -> None:
+    """The search's notes on the report of the model it chose."""
     if not report.passed:
         missed = "; ".join(
             f"{g.name}: {g.value} vs {g.threshold:g}" for g in report.gates if not g.passed
@@ -282,7 +327,6 @@ def search(
         )
     if result.out_of_time:
         report.notes.append("--time-budget ran out: some settings were not measured")
-    return report
 
 
 def _calibration_pass(
@@ -337,6 +381,7 @@ def compress(
     evaluation: EvalConfig | None = None,
     gates: GateConfig | None = None,
     progress: Progress | None = None,
+    side: SideFiles | None = None,
 ) -> CompressReport:
     """Prune and quantize the weights of ``model``, write ``output``, and compare the two.
 
@@ -351,6 +396,8 @@ def compress(
         gates: Pass/fail conditions; ``report.passed`` says whether all held. A failed
             gate does not raise: the model and the report are still produced.
         progress: Receives the stages and per-tensor steps (for a progress bar).
+        side: More files written from the report (moved into place with the model, after
+            the evaluation) and more files read; all are checked against each other first.
 
     Returns:
         The report: sizes, per-tensor changes and, when evaluated, the metrics and gates.
@@ -381,8 +428,15 @@ def compress(
 
     out = Path(output)
     started = time.perf_counter()
-    ws = _workspace(model, out, evaluation, progress, calibrate=config.calibrates, check=check)
-    return _compress_workspace(ws, out, config, gates, progress, started=started)
+    ws = _workspace(
+        model, out, evaluation, progress, calibrate=config.calibrates, check=check, side=side
+    )
+    staging = Staging()
+    try:
+        report = _compress_workspace(ws, out, config, gates, progress, staging, started=started)
+        return _deliver(report, staging, side)
+    finally:
+        staging.discard()
 
 
 def _compress_workspace(
@@ -391,11 +445,13 @@ def _compress_workspace(
     config: CompressConfig,
     gates: GateConfig,
     progress: Progress,
+    staging: Staging,
     corrections: dict[str, tuple[Any, np.ndarray]] | None = None,
     started: float | None = None,
     stats: dict[str, list[np.ndarray]] | None = None,
 ) -> CompressReport:
-    """Apply ``config`` to the loaded model, write ``out``, verify it, and report.
+    """Apply ``config`` to the loaded model, stage ``out`` in ``staging``, verify what was
+    staged (the very file that will be moved onto ``out``), and report.
 
     ``corrections`` and ``stats``: bias corrections and layer-input statistics already
     measured (by a search) on the calibration data.
@@ -494,15 +550,17 @@ def _compress_workspace(
             f"({1 / heavy[0].rows:.3g} for {heavy[0].name})"
         )
     progress.stage("writing")
-    written = save_model(ir_model, out, needs_external_data(ir_model, bool(in_external)))
-    _revalidate(out, written)
+    external = needs_external_data(ir_model, bool(in_external))
+    staged = stage_model(ir_model, out, external, staging)
+    _revalidate(staged)
+    written = [staged.parent / data_file_name(out), staged] if external else [staged]
     new_zeros = sum(
         (r.zeros_after if r.zeros_after is not None else r.zeros_before) - r.zeros_before
         for r in records.values()
     )
     gone_params, gone_nonzeros = (dense.parameters, dense.nonzeros) if dense else (0, 0)
     compressed = ModelSummary(
-        file_bytes=sum(p.stat().st_size for p in written),
+        file_bytes=sum(p.stat().st_size for p in written),  # the staged files
         parameters=original.parameters - gone_params,
         nonzero_parameters=original.nonzero_parameters - gone_nonzeros - new_zeros,
         weights=len(sites),
@@ -518,19 +576,17 @@ def _compress_workspace(
         compressed.gzip_bytes = gzip_bytes(written)
         progress.stage("evaluating")
         try:
-            ev = comparison.run(str(out))
+            ev = comparison.run(str(staged))
         except EvaluationError as e:
-            # A model that onnxruntime cannot run is no deliverable: do not leave it behind.
-            for p in written:
-                p.unlink(missing_ok=True)
-            raise EvaluationError(f"{e} (output removed)") from None
+            # A model that onnxruntime cannot run is no deliverable: it is not written.
+            raise EvaluationError(f"{e} (nothing was written)") from None
         if evaluation is not None and evaluation.per_layer:
             changed = [r.name for r in records.values() if r.encoding or r.prune_method]
-            _per_layer(ev, comparison, in_path, out, changed)
+            _per_layer(ev, comparison, in_path, staged, changed)
     meta = {
         "input_path": str(in_path) if in_path is not None else None,
         "output_path": str(out),
-        "output_files": [str(p) for p in written],
+        "output_files": [str(out.parent / p.name) for p in written],
         "versions": _versions(),
         "compress_seconds": compressed_at - started,
         "evaluate_seconds": time.perf_counter() - compressed_at,
@@ -619,14 +675,13 @@ def _prune_channels(ir_model: ir.Model, config: CompressConfig, notes: list[str]
     return result
 
 
-def _revalidate(out: Path, written: list[Path]) -> None:
-    """Read back what was written with the same checks as any input; remove it if they fail."""
+def _revalidate(staged: Path) -> None:
+    """Read back what was staged with the same checks as any input (not moved into place
+    if they fail)."""
     try:
-        load_model(out)
+        load_model(staged)
     except PrunequantError as e:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise OutputError(f"the written model did not validate, so it was removed: {e}") from None
+        raise OutputError(f"the written model did not validate, so it was not kept: {e}") from None
 
 
 def _per_layer(
@@ -652,11 +707,13 @@ def compare(
     evaluation: EvalConfig | None = None,
     gates: GateConfig | None = None,
     progress: Progress | None = None,
+    side: SideFiles | None = None,
 ) -> CompressReport:
     """Compare two existing models, e.g. an original and a copy compressed by any tool.
 
     The report has the same form as :func:`compress`'s (``command: "compare"``, no
-    settings): sizes, per-weight changes matched by name, metrics, gates.
+    settings): sizes, per-weight changes matched by name, metrics, gates. ``side``: files
+    written from the report (checked against both models and the data first).
     """
     from prunequant_cli.evaluate import Comparison
 
@@ -666,6 +723,10 @@ def compare(
     started = time.perf_counter()
     progress.stage("loading")
     a, b = load_model(Path(model_a)), load_model(Path(model_b))
+    reads = [("MODEL_A", a.path), ("MODEL_B", b.path)]
+    reads += [("external data", p) for m in (a, b) for p in sorted(m.external)]
+    reads += _evaluation_reads(evaluation)
+    check_paths([*reads, *(side.reads if side else ())], side.writes if side else ())
     comparison = Comparison(str(a.path), evaluation, a.model) if evaluation.enabled else None
     info_a = inspect_ir(a.model, a.path, a.file_bytes)
     info_b = inspect_ir(b.model, b.path, b.file_bytes)
@@ -724,7 +785,11 @@ def compare(
         command="compare",
     )
     report.gates = check_gates(report, gates)
-    return report
+    staging = Staging()
+    try:
+        return _deliver(report, staging, side)
+    finally:
+        staging.discard()
 
 
 def _weight_errors(a: ir.Model, b: ir.Model, names: set[str]) -> dict[str, float]:

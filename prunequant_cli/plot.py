@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prunequant_cli.errors import UsageError
 
 
-def plot_search(search: dict[str, Any], path: Path) -> None:
-    """Write a PNG: every configuration measured, the Pareto points joined, the choice marked."""
+def require_matplotlib() -> Any:
+    """pyplot, drawing to files only; a usage error when the 'plot' extra is missing."""
     try:
         import matplotlib
 
@@ -17,8 +16,12 @@ def plot_search(search: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'prunequant[plot]'") from None
-    from prunequant_cli.model_io import write_bytes_atomic
+    return plt
 
+
+def plot_search(search: dict[str, Any]) -> bytes:
+    """A PNG: every configuration measured, the Pareto points joined, the choice marked."""
+    plt = require_matplotlib()
     tried = search["tried"]
     use_accuracy = any(t["quality"]["accuracy_drop_points"] is not None for t in tried)
     key = "accuracy_drop_points" if use_accuracy else "max_relative_error"
@@ -67,4 +70,4 @@ def plot_search(search: dict[str, Any], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue(), "plot")
+    return buf.getvalue()

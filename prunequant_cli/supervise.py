@@ -6,6 +6,12 @@ in a forked child whose data segment is capped (RLIMIT_DATA, so a huge allocatio
 fails with an error instead of waking the OOM killer); the parent relays the child's
 stdout and stderr, kills it at the deadline, and turns a timeout or a crash into one
 clear line and an exit code, after removing the temporary files the child left.
+
+The child never outlives its caller: it asks the kernel for SIGTERM when the parent
+dies (even by SIGKILL, e.g. from ``subprocess.run(timeout=)``), keeps a deadline of its
+own, and a SIGINT, SIGTERM or SIGHUP to the parent is passed on to it. On SIGTERM the
+child unwinds (its temporary files go) and exits; if it cannot within GRACE seconds
+(stuck inside onnxruntime), it is killed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,48 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+GRACE = 5.0  # seconds a signalled child has to unwind before it is killed
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind (temporary files go) and exit 128 + signum.
+
+    ``quiet`` in a supervised child: its parent, which passed the signal on, says so."""
+
+    def __init__(self, signum: int, quiet: bool = False) -> None:
+        super().__init__(signum)
+        self.signum, self.quiet = signum, quiet
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def catch_termination() -> None:
+    """SIGTERM and SIGHUP raise Interrupted, so ``finally`` blocks run (SIGINT already
+    raises KeyboardInterrupt)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupted)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM to this process when ``parent`` dies (Linux); exit at once if it already has."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)
+
+
+def _on_child_signal(signum: int, frame: Any) -> None:
+    # The child unwinds; should that take longer than GRACE, SIGALRM ends it.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, GRACE)
+    raise Interrupted(signum, quiet=True)
 
 
 @dataclass(frozen=True)
@@ -41,7 +89,8 @@ def default_memory_limit() -> int | None:
 class Outcome:
     code: int | None  # the child's exit code, None if it did not exit normally
     timed_out: bool = False
-    signal: int | None = None
+    signal: int | None = None  # the signal that ended the child on its own (a crash)
+    interrupted: int | None = None  # the signal the caller sent (passed on to the child)
 
 
 def run_supervised(
@@ -52,12 +101,22 @@ def run_supervised(
     err_r, err_w = os.pipe()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(out_r)
         os.close(err_r)
         code = 1
         try:
+            # The parent decides about Ctrl-C (it reaches the whole process group) and
+            # passes it on as SIGTERM, which the child answers by unwinding.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, _on_child_signal)
+            _die_with_parent(parent)
+            if limits.timeout is not None:  # its own deadline, should the parent's fail
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.setitimer(signal.ITIMER_REAL, limits.timeout + GRACE)
             if limits.memory:
                 resource.setrlimit(resource.RLIMIT_DATA, (limits.memory, limits.memory))
             sys.stdout = io.TextIOWrapper(
@@ -69,6 +128,8 @@ def run_supervised(
             code = body()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
+        except Interrupted as e:
+            code = 128 + e.signum
         except BaseException:  # a bug in the child: say so the usual way
             import traceback
 
@@ -83,6 +144,34 @@ def run_supervised(
     os.close(out_w)
     os.close(err_w)
     deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal deadline
+        if not received:
+            received.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + GRACE  # then it is killed
+
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in caught}
+    try:
+        return _relay(pid, out_r, err_r, lambda: deadline, received, cleanup)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _relay(
+    pid: int,
+    out_r: int,
+    err_r: int,
+    deadline_of: Callable[[], float | None],
+    received: list[int],
+    cleanup: Callable[[], None],
+) -> Outcome:
+    """Pass the child's output on until it exits or its deadline passes (then kill it)."""
     sel = selectors.DefaultSelector()
     targets = {out_r: sys.stdout, err_r: sys.stderr}
     decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in targets}
@@ -90,9 +179,10 @@ def run_supervised(
         sel.register(fd, selectors.EVENT_READ)
     timed_out = False
     while sel.get_map():
+        deadline = deadline_of()
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if wait == 0.0:
-            timed_out = True
+            timed_out = not received
             os.kill(pid, signal.SIGKILL)
             break
         for key, _ in sel.select(timeout=min(wait, 1.0) if wait is not None else None):
@@ -107,8 +197,10 @@ def run_supervised(
     for fd in targets:
         os.close(fd)
     _, status = os.waitpid(pid, 0)
-    if timed_out or not os.WIFEXITED(status):
+    if timed_out or received or not os.WIFEXITED(status):
         cleanup()
+    if received:
+        return Outcome(None, interrupted=received[0])
     if timed_out:
         return Outcome(None, timed_out=True)
     if os.WIFSIGNALED(status):

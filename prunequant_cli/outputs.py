@@ -1,0 +1,163 @@
+"""What one run writes: checked against what it reads, staged, and moved into place together.
+
+A run reads a model (and its external data), data files, perhaps a recipe and a metric
+file; it writes the compressed model (and its data file), perhaps a recipe, a Markdown
+report and a plot. Two guarantees hold for every run:
+
+* **No path written is a path read, or written twice** (compared resolved, so symlinks and
+  hard links count): a clash is refused with exit 6 before anything is written.
+* **Nothing is replaced until the run has succeeded.** Every file is first written to a
+  hidden temporary beside its destination (the model in a private folder, so onnxruntime
+  evaluates exactly what this run wrote, not whatever another run left at the path), and
+  all are moved into place by renames at the very end. A failure, a timeout or a signal
+  before then leaves every previous file exactly as it was, and the temporaries go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunequant_cli.errors import OutputError, safe_text
+
+Named = tuple[str, Path]  # (what the path is, e.g. "--report"), path
+
+
+@dataclass(frozen=True)
+class SideFiles:
+    """Files a caller writes from the report beside the model (the Markdown report, a plot)
+    and files it reads itself (a recipe): checked with the run's own paths, written with
+    its model."""
+
+    writes: tuple[Named, ...] = ()
+    reads: tuple[Named, ...] = ()
+    render: Callable[[Any], dict[Path, bytes]] | None = None  # report -> {path: bytes}
+
+
+def _files_read(path: Path) -> list[Path]:
+    """``path``, or the files in it when it is a folder (what a data folder is read as)."""
+    if path.is_dir():
+        with contextlib.suppress(OSError):
+            return sorted(p for p in path.iterdir() if p.is_file())
+        return []
+    return [path]
+
+
+def _same(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def check_paths(reads: Iterable[Named], writes: Sequence[Named]) -> None:
+    """Refuse (OutputError, exit 6) a write that would replace a file read or another
+    write, a write into a missing folder, or onto a folder."""
+    for what, path in writes:
+        if path.is_dir():
+            raise OutputError(f"{what} is a folder: {safe_text(path)}")
+        parent = path.parent
+        if not parent.is_dir():
+            raise OutputError(f"{what} folder does not exist: {safe_text(parent)}")
+    read_files = [(what, f) for what, p in reads for f in _files_read(p)]
+    for i, (what, path) in enumerate(writes):
+        for read_what, read in read_files:
+            if _same(path, read):
+                raise OutputError(
+                    f"{what} {safe_text(path)} would overwrite {read_what} {safe_text(read)}"
+                )
+        for other_what, other in writes[:i]:
+            if _same(path, other):
+                raise OutputError(f"{what} and {other_what} name the same file: {safe_text(path)}")
+
+
+def metric_file(spec: str | None) -> Path | None:
+    """The file a ``--metric FILE.py:FUNCTION`` reads, if it names one."""
+    if not spec:
+        return None
+    target = spec.rpartition(":")[0]
+    return Path(target) if target.endswith(".py") else None
+
+
+@dataclass
+class Staging:
+    """Files written to temporaries beside their destinations, moved into place together.
+
+    ``commit`` renames each temporary onto its destination in the order added (a model's
+    data before the model that points at it); ``discard`` (also after a commit) removes
+    whatever temporaries are left.
+    """
+
+    moves: list[tuple[Path, Path]] = field(default_factory=list)  # (temporary, final)
+    folders: list[Path] = field(default_factory=list)
+
+    def folder(self, final: Path) -> Path:
+        """A private temporary folder beside ``final``, removed by ``discard``."""
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        except OSError as e:
+            raise OutputError(f"cannot write in {safe_text(final.parent)}: {e.strerror}") from None
+        self.folders.append(tmp)
+        return tmp
+
+    def add(self, staged: Path, final: Path) -> None:
+        """Move ``staged`` (already written and synced) onto ``final`` at commit."""
+        self.moves.append((staged, final))
+
+    def add_bytes(self, final: Path, data: bytes, what: str) -> None:
+        """Write ``data`` to a temporary beside ``final``, moved onto it at commit."""
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        except OSError as e:
+            raise OutputError(f"cannot write {what} {safe_text(final)}: {e.strerror}") from None
+        tmp = Path(name)
+        self.moves.append((tmp, final))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
+        except OSError as e:
+            why = e.strerror or e
+            raise OutputError(f"cannot write {what} {safe_text(final)}: {why}") from None
+
+    def commit(self) -> None:
+        """Move every staged file into place (the run succeeded)."""
+        try:
+            for staged, final in self.moves:
+                os.replace(staged, final)
+        except OSError as e:
+            raise OutputError(f"cannot write {safe_text(final)}: {e.strerror or e}") from None
+        for parent in sorted({final.parent for _, final in self.moves}):
+            with contextlib.suppress(OSError):
+                dir_fd = os.open(parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        self.moves = []
+
+    def discard(self) -> None:
+        """Remove every temporary not moved into place."""
+        import shutil
+
+        for staged, _ in self.moves:
+            with contextlib.suppress(OSError):
+                staged.unlink()
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.moves, self.folders = [], []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

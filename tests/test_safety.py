@@ -1,0 +1,261 @@
+"""What a run may never do: replace a file it reads, lose a previous output, outlive its caller."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import SAMPLES, run_both
+
+from prunequant_cli.cli import main
+from prunequant_cli.config import EvalConfig
+from prunequant_cli.errors import OutputError
+from prunequant_cli.pipeline import compress
+
+CNN = SAMPLES / "digits_cnn.onnx"
+CNN_DATA = SAMPLES / "digits_cnn.npz"
+MLP = SAMPLES / "digits_mlp.onnx"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def snapshot(folder):
+    """Every file in ``folder`` (names, hidden ones too) with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A folder with a model, its data (and a hard link to it) and an older output."""
+    shutil.copy(CNN, tmp_path / "m.onnx")
+    shutil.copy(CNN, tmp_path / "m2.onnx")
+    shutil.copy(CNN_DATA, tmp_path / "d.npz")
+    os.link(tmp_path / "d.npz", tmp_path / "hard.npz")
+    (tmp_path / "old.onnx").write_bytes(b"the previous output")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compress", "m.onnx", "o.onnx", "--no-eval", "--report", "m.onnx"], "input model"),
+        (["compress", "m.onnx", "o.onnx", "--data", "d.npz", "--report", "hard.npz"], "--data"),
+        (
+            ["compress", "m.onnx", "o.onnx", "--no-eval", "--report", "o.onnx"],
+            "--report and output name the same file",
+        ),
+        (["compress", "m.onnx", "d.npz", "--data", "d.npz"], "--data"),
+        (["compress", "m.onnx", "o.onnx", "--data", "d.npz", "--report", "d.npz"], "--data"),
+        (["compare", "m.onnx", "m2.onnx", "--report", "m.onnx"], "MODEL_A"),
+        (["compare", "m.onnx", "m2.onnx", "--data", "d.npz", "--report", "d.npz"], "--data"),
+        (
+            [
+                "compress",
+                "m.onnx",
+                "o.onnx",
+                "--data",
+                "d.npz",
+                "--max-accuracy-drop",
+                "0",
+                "--write-recipe",
+                "d.npz",
+            ],
+            "--data",
+        ),
+        (
+            [
+                "compress",
+                "m.onnx",
+                "o.onnx",
+                "--data",
+                "d.npz",
+                "--recipe",
+                "r.toml",
+                "--report",
+                "r.toml",
+            ],
+            "--recipe",
+        ),
+        (["compress", "m.onnx", "o.onnx", "--no-eval", "--report", "missing/r.md"], "folder"),
+    ],
+)
+def test_a_path_written_that_is_read_or_written_twice_is_refused_before_anything(
+    work, monkeypatch, args, message
+):
+    (work / "r.toml").write_text('schema_version = 1\n[tensors."conv1.weight"]\nbits = 8\n')
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    r = run(*args)
+    assert r.exit_code == 6, r.output
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert snapshot(work) == before  # nothing written, nothing left behind
+
+
+def test_a_timeout_during_the_evaluation_leaves_the_previous_output(work, monkeypatch):
+    import time
+
+    import prunequant_cli.evaluate as evaluate
+
+    def slow(self, compressed):
+        time.sleep(60)
+
+    monkeypatch.setattr(evaluate.Comparison, "run", slow)  # the forked worker inherits it
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    r = run("compress", "m.onnx", "old.onnx", "--data", "d.npz", "--timeout", "5")
+    assert r.exit_code == 9, r.output
+    assert snapshot(work) == before
+    assert "nothing was written" in r.stderr
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_an_unrunnable_output_leaves_the_previous_one(work, monkeypatch):
+    import prunequant_cli.evaluate as evaluate
+    from prunequant_cli.errors import EvaluationError
+
+    def broken(self, compressed):
+        raise EvaluationError("onnxruntime failed running the compressed model")
+
+    monkeypatch.setattr(evaluate.Comparison, "run", broken)
+    before = snapshot(work)
+    with pytest.raises(EvaluationError, match="nothing was written"):
+        compress(work / "m.onnx", work / "old.onnx", evaluation=EvalConfig(data=work / "d.npz"))
+    assert snapshot(work) == before
+
+
+def test_the_report_scores_the_model_this_run_wrote(work, monkeypatch):
+    """Another writer replacing OUTPUT mid-run does not change what the report measured."""
+    import prunequant_cli.evaluate as evaluate
+
+    real = evaluate.Comparison.run
+    seen = []
+
+    def racing(self, compressed):
+        shutil.copy(MLP, work / "o.onnx")  # another run's model lands at the path
+        seen.append(compressed)
+        return real(self, compressed)
+
+    monkeypatch.setattr(evaluate.Comparison, "run", racing)
+    report = compress(work / "m.onnx", work / "o.onnx", evaluation=EvalConfig(data=CNN_DATA))
+    assert seen and seen[0] != str(work / "o.onnx")
+    assert report.evaluation is not None and report.evaluation.outputs[0].cosine > 0.999
+    run_both(work / "m.onnx", work / "o.onnx")  # this run's model is the one at the path
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_the_python_api_refuses_an_output_over_its_data(work):
+    before = snapshot(work)
+    with pytest.raises(OutputError, match="--data"):
+        compress(work / "m.onnx", work / "d.npz", evaluation=EvalConfig(data=work / "d.npz"))
+    assert snapshot(work) == before
+    assert np.load(work / "d.npz").files  # still the data
+
+
+# A compress run whose evaluation never ends (the model is already staged when it starts):
+# a real process, so that signals and the kernel's parent-death notice are the real ones.
+SLOW_EVALUATION = """
+import sys, time
+import prunequant_cli.evaluate as evaluate
+FLAG = sys.argv.pop()
+def slow(self, compressed):
+    open(FLAG, "w").close()
+    time.sleep(120)
+evaluate.Comparison.run = slow
+from prunequant_cli.entry import main
+main()
+"""
+# The same command stuck while importing its libraries.
+SLOW_IMPORT = """
+import sys, time
+FLAG = sys.argv.pop()
+class Slow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            open(FLAG, "w").close()
+            time.sleep(120)
+sys.meta_path.insert(0, Slow())
+from prunequant_cli.entry import main
+main()
+"""
+
+
+def _children(pid):
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(work, script, *args):
+    flag = work.parent / f"{work.name}.started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "compress", "m.onnx", "old.onnx", "--data", "d.npz",
+         *args, str(flag)],
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached the point to interrupt"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_caller_ends_the_worker_and_leaves_the_previous_output(work, sig, code):
+    before = snapshot(work)
+    proc = _start(work, SLOW_EVALUATION)
+    workers = _children(proc.pid)
+    assert workers, "the run is supervised by default"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"interrupted ({sig.name}); nothing was written" in err
+    assert not any(_alive(w) for w in workers)
+    assert snapshot(work) == before  # no new model, no temporaries
+
+
+def test_the_worker_dies_with_a_killed_caller_and_cleans_up(work):
+    before = snapshot(work)
+    proc = _start(work, SLOW_EVALUATION)
+    workers = _children(proc.pid)
+    assert workers
+    proc.kill()  # what subprocess.run(timeout=) does: no chance to pass anything on
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "the worker outlived its caller"
+    assert snapshot(work) == before
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_importing_is_one_line(work, sig, code):
+    proc = _start(work, SLOW_IMPORT)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip() == f"prunequant: error: interrupted ({sig.name})"
