@@ -8,6 +8,7 @@ graph logic lives here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -93,8 +94,10 @@ def _wants_progress(opts: dict[str, Any]) -> bool:
 
 
 def _emit_json(doc: dict[str, Any]) -> None:
+    from prunequant_cli.report import finite_document
+
     # Plain write, never through rich: it would wrap long lines off a terminal.
-    sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(finite_document(doc), indent=2, allow_nan=False) + "\n")
 
 
 def _fail(message: str, code: int) -> None:
@@ -201,6 +204,16 @@ def _temporaries(path: Path) -> set[Path]:
         return set()
 
 
+class Finite(click.FloatRange):
+    """A float option within a range that is also a finite number (no nan, no inf)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _input_shape(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -254,7 +267,7 @@ evaluation_options = _options(
     ),
     click.option(
         "--holdout-fraction",
-        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        type=Finite(0, 1, min_open=True, max_open=True),
         default=0.5,
         show_default=True,
         metavar="F",
@@ -302,7 +315,11 @@ evaluation_options = _options(
         help="onnxruntime intra-op threads, the same for both models.",
     ),
     click.option(
-        "--seed", type=int, default=0, show_default=True, help="Seed of synthetic inputs."
+        "--seed",
+        type=click.IntRange(0, 2**32 - 1),
+        default=0,
+        show_default=True,
+        help="Seed of synthetic inputs and of the calibration split.",
     ),
     click.option(
         "--per-layer",
@@ -314,43 +331,43 @@ evaluation_options = _options(
 gate_options = _options(
     click.option(
         "--max-accuracy-drop",
-        type=click.FloatRange(min=0),
+        type=Finite(min=0),
         metavar="POINTS",
         help="Gate: accuracy on the labels may drop by at most this many points.",
     ),
     click.option(
         "--min-agreement",
-        type=click.FloatRange(0, 1),
+        type=Finite(0, 1),
         metavar="F",
         help="Gate: top-1 agreement with the original at least F (0..1).",
     ),
     click.option(
         "--min-cosine",
-        type=click.FloatRange(-1, 1),
+        type=Finite(-1, 1),
         metavar="F",
         help="Gate: cosine similarity of every output at least F.",
     ),
     click.option(
         "--min-metric",
-        type=float,
+        type=Finite(),
         metavar="X",
         help="Gate: the --metric of the compressed model at least X.",
     ),
     click.option(
         "--max-metric-drop",
-        type=float,
+        type=Finite(),
         metavar="D",
         help="Gate: the --metric may fall at most D below the original model's own score.",
     ),
     click.option(
         "--min-ratio",
-        type=click.FloatRange(min=0, min_open=True),
+        type=Finite(min=0, min_open=True),
         metavar="R",
         help="Gate: the output at least R times smaller (original / compressed bytes).",
     ),
     click.option(
         "--max-latency-ratio",
-        type=click.FloatRange(min=0, min_open=True),
+        type=Finite(min=0, min_open=True),
         metavar="R",
         help="Gate: median latency at most R times the original's.",
     ),
@@ -367,7 +384,7 @@ def _default_memory_mb() -> int:
 limit_options = _options(
     click.option(
         "--timeout",
-        type=click.FloatRange(min=0),
+        type=Finite(0, 10**7),
         default=1800,
         show_default=True,
         metavar="SECONDS",
@@ -376,7 +393,7 @@ limit_options = _options(
     ),
     click.option(
         "--memory-limit",
-        type=click.IntRange(min=0),
+        type=click.IntRange(0, 2**30),  # MiB: 1 PiB, well inside what setrlimit takes
         default=_default_memory_mb,
         show_default="80% of this machine's memory",
         metavar="MB",
@@ -475,7 +492,31 @@ def _finish(report: Any, opts: dict[str, Any]) -> int:
     return 0
 
 
+class _OneLineErrors(click.Group):
+    """Command-line mistakes in the documented form: one line and exit 2 (click's own
+    form is four lines: usage, a hint, a blank line and the error)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as e:
+            where = getattr(e, "ctx", None)
+            if type(e).__name__ == "NoArgsIsHelpError" and where is not None:
+                click.echo(where.get_help(), err=True)  # no command at all: the help
+                sys.exit(e.exit_code)
+            message = " ".join(e.format_message().split())
+            hint = f" (see {where.command_path} --help)" if where is not None else ""
+            click.echo(f"prunequant: error: {safe_text(message, 300)}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:  # Ctrl-C while click itself was reading the command line
+            click.echo("prunequant: error: interrupted (SIGINT)", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 @click.group(
+    cls=_OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXIT_CODE_HELP,
 )
@@ -489,13 +530,13 @@ def main() -> None:
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0),
+    type=Finite(0.0, 1.0),
     help="Row-importance pruning: zero output rows whose share R_i of the tensor's L1 "
     "magnitude is below T. The shares of a tensor sum to 1 (mean 1/rows).",
 )
 @click.option(
     "--sparsity",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=Finite(0.0, 1.0, max_open=True),
     help="Magnitude pruning instead: zero this fraction of the smallest weights of each tensor.",
 )
 @click.option(
@@ -593,7 +634,7 @@ def main() -> None:
 )
 @click.option(
     "--time-budget",
-    type=click.FloatRange(min=1),
+    type=Finite(1, 10**7),
     default=600,
     show_default=True,
     metavar="SECONDS",

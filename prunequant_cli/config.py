@@ -208,6 +208,8 @@ class EvalConfig:
             raise UsageError(f"latency runs must be at least 1, got {self.latency_runs}")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,17 @@ class GateConfig:
     max_metric_drop: float | None = None
 
     def __post_init__(self) -> None:
+        for flag, value in (
+            ("--max-accuracy-drop", self.max_accuracy_drop),
+            ("--min-ratio", self.min_ratio),
+            ("--max-latency-ratio", self.max_latency_ratio),
+        ):
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{flag} must be a finite number, got {value}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise UsageError(
+                f"--max-accuracy-drop must be at least 0, got {self.max_accuracy_drop}"
+            )
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise UsageError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:

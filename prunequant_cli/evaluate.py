@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -288,9 +290,15 @@ class Comparison:
     def __init__(
         self, original: str | bytes, config: EvalConfig, model: Any, calibrate: bool = False
     ) -> None:
+        self.notes: list[str] = []
+        cpus = os.cpu_count() or 1
+        if config.threads > cpus:  # more threads than CPUs only contend for them
+            self.notes.append(
+                f"--threads {config.threads} is more than the {cpus} CPU(s) here: {cpus} used"
+            )
+            config = replace(config, threads=cpus)
         self.config = config
         self.original = original
-        self.notes: list[str] = []
         self.calibration_info: dict[str, Any] | None = None
         self.session = open_session(original, config.threads, "original")
         self.specs = apply_input_shapes(input_specs(self.session), config.input_shapes)

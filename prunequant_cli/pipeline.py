@@ -292,7 +292,7 @@ def search(
         folds,
         comparison.judge_for,
         {s.name: s.batch_axis for s in comparison.specs},
-        evaluation.threads,
+        comparison.config.threads,
         [layer.bias for layer, _ in corrections.values()],
     )
     result = run_search(
@@ -326,7 +326,10 @@ def _finish_search(report: CompressReport, result: Any) -> None:
             f"the budget was not met on the held-out samples by the best model found ({missed})"
         )
     if result.out_of_time:
-        report.notes.append("--time-budget ran out: some settings were not measured")
+        report.notes.append(
+            "--time-budget ran out: some settings were not measured, so another run (on a "
+            "faster or slower machine) may choose differently; the recipe reproduces this one"
+        )
 
 
 def _calibration_pass(

@@ -313,6 +313,11 @@ class CompressReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document: figures that are not finite are null, and a note names them."""
+        doc = self._document()
+        return finite_document(doc)
+
+    def _document(self) -> dict[str, Any]:
         ev = self.evaluation
         meta = dict(self.meta)
         if ev is not None:
@@ -346,6 +351,31 @@ class CompressReport:
             "notes": list(self.notes),
             "meta": meta,
         }
+
+
+def _non_finite(value: Any, path: str, found: list[str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(f"{path} ({value})")
+        return None
+    if isinstance(value, dict):
+        return {
+            k: _non_finite(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_non_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+def finite_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with every NaN/Inf number made null (JSON has none), and, when there were
+    some, a note in ``notes`` that names where (a model that outputs NaN is exactly what
+    a CI job must be told about, in a document it can parse)."""
+    found: list[str] = []
+    clean = _non_finite(doc, "", found)
+    if found and isinstance(clean.get("notes"), list):
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        clean["notes"].append(f"not finite, so null in this document: {shown}")
+    return dict(clean)
 
 
 def cell(text: object) -> str:
@@ -441,7 +471,10 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
                     "",
                 )
             )
-        if out.cosine is not None:
+        if out.nonfinite:
+            # Distances to NaN/Inf mean nothing: say so instead of a number.
+            rows.append((f"cosine similarity ({out.name})", "", "n/a (NaN/Inf)", ""))
+        elif out.cosine is not None:
             rows.append((f"cosine similarity ({out.name})", "", _num(out.cosine, ".6f"), ""))
             sqnr = "∞" if out.sqnr_db is None else f"{out.sqnr_db:.1f} dB"
             rows.append(

@@ -259,3 +259,87 @@ def test_a_signal_while_importing_is_one_line(work, sig, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert err.strip() == f"prunequant: error: interrupted ({sig.name})"
+
+
+def _nan_copy(path, dest):
+    """The sample CNN with its last layer's weights NaN: every output is NaN."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    for t in model.graph.initializer:
+        if t.name.startswith("fc2."):
+            bad = np.full_like(numpy_helper.to_array(t), np.nan)
+            t.CopyFrom(numpy_helper.from_array(bad, t.name))
+    onnx.save(model, dest)
+    return dest
+
+
+def _strict_json(text):
+    import json
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON document")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_reports_a_model_that_outputs_nan(work, monkeypatch):
+    monkeypatch.chdir(work)
+    _nan_copy(CNN, work / "bad.onnx")
+    r = run("compare", "m.onnx", "bad.onnx", "--data", "d.npz", "--json", "--report", "r.md")
+    assert r.exit_code == 8, r.output
+    doc = _strict_json(r.stdout)
+    assert "finite-outputs" in doc["failed_gates"]
+    assert doc["evaluation"]["outputs"][0]["nonfinite"] > 0
+    assert any("not finite, so null" in n and "max_abs_error" in n for n in doc["notes"])
+    assert (work / "r.md").exists()
+    table = run("compare", "m.onnx", "bad.onnx", "--data", "d.npz")
+    assert table.exit_code == 8
+    assert "n/a (NaN/Inf)" in table.stdout and "0.000000" not in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--timeout", "nan"],
+        ["--timeout", "inf"],
+        ["--time-budget", "nan", "--min-cosine", "0.9"],
+        ["--max-accuracy-drop", "nan"],
+        ["--min-ratio", "inf"],
+        ["--max-metric-drop", "nan"],
+        ["--seed", "-1"],
+        ["--memory-limit", "99999999999999"],
+        ["--input-shape", "input:1e20"],
+        ["--threshold", "2"],
+        ["--no-such-option"],
+    ],
+)
+def test_absurd_option_values_are_one_line_usage_errors(work, monkeypatch, args):
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    r = run("compress", "m.onnx", "o.onnx", "--data", "d.npz", *args)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunequant: error: "), r.stderr
+    assert "Traceback" not in r.output
+    assert snapshot(work) == before
+
+
+def test_more_threads_than_cpus_are_capped_and_said(work, monkeypatch):
+    import json
+
+    monkeypatch.chdir(work)
+    cpus = os.cpu_count() or 1
+    r = run("compress", "m.onnx", "o.onnx", "--data", "d.npz", "--threads", cpus + 50, "--json")
+    assert r.exit_code == 0, r.output
+    notes = json.loads(r.stdout)["evaluation"]["notes"]
+    assert f"--threads {cpus + 50} is more than the {cpus} CPU(s) here: {cpus} used" in notes
+
+
+def test_plot_outside_a_search_is_a_usage_error(work, monkeypatch):
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    r = run("compress", "m.onnx", "o.onnx", "--bits", "8", "--no-eval", "--plot", "p.png")
+    assert r.exit_code == 2 and "--plot draws what a search measured" in r.stderr
+    assert snapshot(work) == before

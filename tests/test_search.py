@@ -274,7 +274,8 @@ def test_out_of_time_weights_fall_back_to_int8(tmp_path):
     assert report.search["out_of_time"] is True
     assert set(report.search["settings"].values()) == {"int8"}
     assert report.passed and report.ratio < 0.3
-    assert any("time-budget" in n for n in report.notes)
+    # A cut-off by wall time is not reproducible, and the report says how to pin it.
+    assert any("time-budget" in n and "the recipe reproduces" in n for n in report.notes)
 
 
 def test_weights_inside_if_branches_are_searched(tmp_path):
