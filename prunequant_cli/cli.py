@@ -7,6 +7,7 @@ graph logic lives here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,9 @@ from prunequant_cli.errors import (
     EXIT_EVALUATION,
     EXIT_GATE,
     EXIT_INTERNAL,
+    EXIT_OUTPUT,
     EXIT_RESOURCE,
+    OutputError,
     PrunequantError,
     UsageError,
     safe_text,
@@ -38,7 +41,7 @@ EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, t
 
 # Whether stdout is a terminal, as the parent process sees it: a supervised run
 # writes through a pipe, but should look as it would on the terminal.
-_STDOUT_IS_TERMINAL = sys.stdout.isatty()
+_STDOUT_IS_TERMINAL = sys.stdout is not None and sys.stdout.isatty()
 
 
 def _console() -> Any:
@@ -178,6 +181,9 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
         done = any(_version(p) != versions[p] for p in paths)
         kept = "its outputs were already written" if done else "nothing was written"
         _fail(f"timed out after {opts['timeout']:g} s (--timeout); {kept}", EXIT_RESOURCE)
+    if outcome.lost_stdout is not None:
+        _drop_stdout()
+        _fail(f"cannot write the result to stdout: {outcome.lost_stdout}", EXIT_OUTPUT)
     if outcome.signal is not None:
         name = signal_name(outcome.signal)
         _fail(
@@ -198,8 +204,11 @@ def _version(path: Path) -> tuple[int, int] | None:
 
 def _temporaries(path: Path) -> set[Path]:
     """Hidden temporary files and folders an atomic write of ``path`` makes beside it."""
+    from prunequant_cli.outputs import temporary_prefix
+
+    prefix = temporary_prefix(path)
     try:
-        return {p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")}
+        return {p for p in path.parent.iterdir() if p.name.startswith(prefix)}
     except OSError:
         return set()
 
@@ -477,14 +486,28 @@ def _side_files(opts: dict[str, Any], reads: tuple[tuple[str, Path], ...] = ()) 
     return SideFiles(writes=tuple(writes), reads=reads, render=render)
 
 
+def _drop_stdout() -> None:
+    """Send whatever is still buffered for an unwritable stdout nowhere (no second error
+    when Python flushes it at exit)."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+
+
 def _finish(report: Any, opts: dict[str, Any]) -> int:
     """Print the report as asked and say the exit code (its files are already written)."""
     from prunequant_cli.report import render_compress
 
-    if opts["as_json"]:
-        _emit_json(report.to_dict())
-    elif not opts["quiet"]:
-        render_compress(report, _console(), verbose=opts["verbose"])
+    try:
+        if opts["as_json"]:
+            _emit_json(report.to_dict())
+        elif not opts["quiet"]:
+            render_compress(report, _console(), verbose=opts["verbose"])
+        sys.stdout.flush()
+    except OSError as e:  # a full disk, a closed pipe: the result cannot be delivered
+        _drop_stdout()
+        raise OutputError(f"cannot write the result to stdout: {e.strerror or e}") from None
     if not report.passed:
         failed = ", ".join(g.name for g in report.gates if not g.passed)
         click.echo(f"prunequant: gate failed: {failed}", err=True)

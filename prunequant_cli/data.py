@@ -14,7 +14,9 @@ is a batch symbol, fixed-shape inputs without it are shared by all samples; othe
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from prunequant_cli.errors import EvaluationError, InputError, UsageError, safe_text
+from prunequant_cli.errors import EvaluationError, InputError, ResourceError, UsageError, safe_text
 
 LABELS = "labels"
 _INDEXED = re.compile(r"^(\d+)/(.+)$")
@@ -209,8 +211,77 @@ def fixed_batch(specs: list[InputSpec]) -> int | None:
     return fixed.pop() if fixed else None
 
 
-def _read_files(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """(file name, arrays) of an ``.npz``/``.npy`` or of every such file in a folder."""
+# The most bytes of arrays a data set may declare (its .npy headers), read or not: a few
+# megabytes of zip can declare gigabytes. Half of this machine's memory, at most.
+def max_data_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _wanted(members: list[str], names: set[str]) -> set[str]:
+    """The members of one .npz that loading it can use: the model's inputs and the labels,
+    plainly or as ``IDX/NAME``; or a group's one array, which stands for a single input."""
+    groups: dict[str | None, dict[str, str]] = {}  # index (None: plain) -> key -> name
+    for k in members:
+        m = _INDEXED.match(k)
+        index, name = (m.group(1), m.group(2)) if m else (None, k)
+        groups.setdefault(index, {})[k] = name
+    wanted = set()
+    for keys in groups.values():
+        arrays = [k for k, name in keys.items() if name != LABELS]
+        for k, name in keys.items():
+            if name == LABELS or name in names or len(arrays) == 1:
+                wanted.add(k)
+    return wanted
+
+
+def _npz_member(npz: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a member's .npy header, without reading its data."""
+    with npz.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    return shape, dtype
+
+
+def _read_npz(path: Path, names: set[str], budget: list[int]) -> dict[str, np.ndarray]:
+    """The arrays of an .npz that the model can use, each checked by its header first."""
+    with zipfile.ZipFile(path) as npz:
+        members = {n.removesuffix(".npy"): n for n in npz.namelist() if n.endswith(".npy")}
+        keep = _wanted(sorted(members), names)
+        for key in sorted(keep):
+            shape, dtype = _npz_member(npz, members[key])
+            if dtype.hasobject:
+                raise ValueError(f"array {key!r} holds Python objects")
+            _spend(budget, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, path)
+    with np.load(path, allow_pickle=False) as loaded:
+        return {k: loaded[k] for k in sorted(keep)}
+
+
+def _spend(budget: list[int], nbytes: int, path: Path) -> None:
+    budget[0] -= nbytes
+    if budget[0] < 0:
+        raise ResourceError(
+            f"data {safe_text(path)} declares more arrays than the "
+            f"{max_data_bytes() / 2**30:.1f} GiB allowed (half of this machine's memory)"
+        )
+
+
+def _read_files(
+    path: Path, names: set[str] | None = None
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(file name, arrays) of an ``.npz``/``.npy`` or of every such file in a folder.
+
+    ``names``: the model's inputs; an ``.npz`` member that is neither one of them nor the
+    labels (and not a file's single array) is never read. Every array read is first
+    sized from its header, and all together may not declare more than max_data_bytes().
+    """
     from prunequant_cli.model_io import check_readable_file
 
     if path.is_dir():
@@ -222,14 +293,19 @@ def _read_files(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     else:
         check_readable_file(path, "data file")
         files = [path]
+    budget = [max_data_bytes()]
     out = []
     for f in files:
         try:
             if f.suffix == ".npy":
-                out.append((f.name, {f.stem: np.load(f, allow_pickle=False)}))
+                header = np.load(f, mmap_mode="r", allow_pickle=False)
+                _spend(budget, int(header.nbytes), f)
+                out.append((f.name, {f.stem: np.array(header)}))
+                del header
             else:
-                with np.load(f, allow_pickle=False) as npz:
-                    out.append((f.name, {k: npz[k] for k in npz.files}))
+                out.append((f.name, _read_npz(f, names or set(), budget)))
+        except ResourceError:
+            raise
         except Exception as e:
             raise InputError(f"cannot read data file {safe_text(f)}: {safe_text(e)}") from None
     return out
@@ -282,7 +358,8 @@ def load_dataset(path: Path, specs: list[InputSpec]) -> Dataset:
     axes = {s.name: s.batch_axis for s in specs}
     groups: list[dict[str, np.ndarray]] = []
     labels: list[np.ndarray] = []
-    raws = [g for _, arrays in _read_files(path) for g in _split_indexed(arrays)]
+    names = {s.name for s in specs}
+    raws = [g for _, arrays in _read_files(path, names) for g in _split_indexed(arrays)]
     if len(raws) > 1 and not all(_complete(r, specs) for r in raws):
         if len(specs) == 1:  # one input: each file's one array is that input, whatever its name
             raws = [_as_input(r, specs[0].name) for r in raws]

@@ -38,6 +38,7 @@ from prunequant_cli.data import (
 )
 from prunequant_cli.errors import (
     EvaluationError,
+    PrunequantError,
     ResourceError,
     UsageError,
     safe_text,
@@ -245,9 +246,13 @@ def load_metric(spec: str) -> Metric:
         raise UsageError(f"--metric must be FILE.py:FUNCTION or module:function, got {spec!r}")
     try:
         if target.endswith(".py"):
+            from prunequant_cli.model_io import check_readable_file
+
             path = Path(target)
-            if not path.is_file():
-                raise UsageError(f"--metric file not found: {safe_text(target)}")
+            try:
+                check_readable_file(path, "--metric file")  # a FIFO would hang the import
+            except PrunequantError as e:
+                raise UsageError(str(e)) from None
             loaded = importlib.util.spec_from_file_location(f"_prunequant_metric_{path.stem}", path)
             if loaded is None or loaded.loader is None:
                 raise UsageError(f"--metric cannot load {safe_text(target)}")
@@ -255,7 +260,7 @@ def load_metric(spec: str) -> Metric:
             loaded.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
-    except UsageError:
+    except PrunequantError:
         raise
     except Exception as e:
         raise UsageError(

@@ -438,9 +438,10 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     model the final file is then assembled from the skeleton, streaming each
     tensor's bytes in as its ``raw_data``.
     """
-    scratch_name = data_name or path.name + ".scratch"
+    # ``path`` is in a private folder: short fixed names, whatever the output's name's length.
+    scratch_name = data_name or "model.scratch"
     scratch = path.parent / scratch_name
-    skeleton_path = path.parent / (path.name + ".skeleton")
+    skeleton_path = path.parent / "model.skeleton"
     ir.save(model, skeleton_path, external_data=scratch_name, size_threshold_bytes=LAZY_MIN_BYTES)
     buf = _tidy(onnx.ModelProto.FromString(skeleton_path.read_bytes()))
     skeleton_path.unlink()

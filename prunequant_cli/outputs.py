@@ -41,41 +41,60 @@ class SideFiles:
 
 def _files_read(path: Path) -> list[Path]:
     """``path``, or the files in it when it is a folder (what a data folder is read as)."""
-    if path.is_dir():
-        with contextlib.suppress(OSError):
+    try:
+        if path.is_dir():
             return sorted(p for p in path.iterdir() if p.is_file())
-        return []
+    except OSError:  # unreadable or impossible: reading it will say so
+        pass
     return [path]
 
 
 def _same(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
     try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
         return os.path.samefile(a, b)  # hard links
-    except OSError:
+    except OSError:  # one does not exist (or cannot: a name too long)
         return False
 
 
-def check_paths(reads: Iterable[Named], writes: Sequence[Named]) -> None:
+def check_paths(
+    reads: Iterable[Named], writes: Sequence[Named], optional: Sequence[Named] = ()
+) -> None:
     """Refuse (OutputError, exit 6) a write that would replace a file read or another
-    write, a write into a missing folder, or onto a folder."""
+    write, a write into a missing folder or onto a folder, and a name too long to exist.
+    ``optional`` are files that may be written (a model's data file): only their clashes
+    are checked."""
     for what, path in writes:
-        if path.is_dir():
-            raise OutputError(f"{what} is a folder: {safe_text(path)}")
         parent = path.parent
         if not parent.is_dir():
             raise OutputError(f"{what} folder does not exist: {safe_text(parent)}")
+        longest = _name_max(parent)
+        if len(os.fsencode(path.name)) > longest:
+            raise OutputError(
+                f"{what} name is longer than the {longest} bytes a file name may have here: "
+                f"{safe_text(path.name)}"
+            )
+        if path.is_dir():
+            raise OutputError(f"{what} is a folder: {safe_text(path)}")
     read_files = [(what, f) for what, p in reads for f in _files_read(p)]
-    for i, (what, path) in enumerate(writes):
+    every = [*writes, *optional]
+    for i, (what, path) in enumerate(every):
         for read_what, read in read_files:
             if _same(path, read):
                 raise OutputError(
                     f"{what} {safe_text(path)} would overwrite {read_what} {safe_text(read)}"
                 )
-        for other_what, other in writes[:i]:
+        for other_what, other in every[:i]:
             if _same(path, other):
                 raise OutputError(f"{what} and {other_what} name the same file: {safe_text(path)}")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
 
 
 def metric_file(spec: str | None) -> Path | None:
@@ -84,6 +103,16 @@ def metric_file(spec: str | None) -> Path | None:
         return None
     target = spec.rpartition(":")[0]
     return Path(target) if target.endswith(".py") else None
+
+
+# Room left in a file name (NAME_MAX 255) for the random part and suffix of a temporary.
+_TEMP_STEM = 200
+
+
+def temporary_prefix(final: Path) -> str:
+    """How the temporaries of ``final`` begin: hidden, after its name (cut short for long
+    names, so that a name of up to 255 bytes still has temporaries that fit)."""
+    return f".{final.name[:_TEMP_STEM]}."
 
 
 @dataclass
@@ -101,7 +130,9 @@ class Staging:
     def folder(self, final: Path) -> Path:
         """A private temporary folder beside ``final``, removed by ``discard``."""
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+            tmp = Path(
+                tempfile.mkdtemp(prefix=temporary_prefix(final), suffix=".tmp", dir=final.parent)
+            )
         except OSError as e:
             raise OutputError(f"cannot write in {safe_text(final.parent)}: {e.strerror}") from None
         self.folders.append(tmp)
@@ -114,7 +145,9 @@ class Staging:
     def add_bytes(self, final: Path, data: bytes, what: str) -> None:
         """Write ``data`` to a temporary beside ``final``, moved onto it at commit."""
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            fd, name = tempfile.mkstemp(
+                prefix=temporary_prefix(final), suffix=".tmp", dir=final.parent
+            )
         except OSError as e:
             raise OutputError(f"cannot write {what} {safe_text(final)}: {e.strerror}") from None
         tmp = Path(name)

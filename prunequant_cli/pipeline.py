@@ -173,13 +173,14 @@ def _workspace(
     the original on the data. ``check`` sees the model before anything heavy runs."""
     progress.stage("loading")
     ir_model, in_path, in_external, densified = _load_input(model)
-    writes = [("output", out), ("the output's data file", out.parent / data_file_name(out))]
+    writes = [("output", out)]
     if recipe is not None:
         writes.append(("the recipe", recipe))
+    optional = [("the output's data file", out.parent / data_file_name(out))]
     reads = [("the input model", p) for p in [in_path] if p is not None]
     reads += [("the input's external data", p) for p in sorted(in_external)]
     check_paths([*reads, *_evaluation_reads(evaluation), *(side.reads if side else ())],
-                [*writes, *(side.writes if side else ())])  # fmt: skip
+                [*writes, *(side.writes if side else ())], optional)  # fmt: skip
     if check is not None:
         check(ir_model)
     if check is not None:

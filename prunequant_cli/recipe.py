@@ -33,6 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECIPE_VERSION = 1
+MAX_RECIPE_BYTES = 64 << 20  # a recipe is a line or two per weight
 _KEYS = {"bits", "quant", "block", "sparsity", "threshold", "keep", "rounding"}
 
 
@@ -95,6 +96,11 @@ def _tensor_config(name: str, table: Any) -> CompressConfig:
 
 def read_recipe(path: Path, base: CompressConfig | None = None) -> CompressConfig:
     """A config whose per-weight settings come from the recipe at ``path``."""
+    from prunequant_cli.model_io import check_readable_file
+
+    check_readable_file(path, "recipe")  # not a FIFO or a device: they would never end
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise InputError(f"recipe {safe_text(path)} is over {MAX_RECIPE_BYTES >> 20} MiB")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -677,9 +677,15 @@ def render_layers(layers: list[LayerError], console: Console) -> None:
     console.print(table)
 
 
-def _md(cell: str) -> str:
-    """A table cell: pipes, newlines and control characters from model names cannot break it."""
-    return safe_text(cell, 160).replace("|", "\\|")
+# Characters that Markdown (GitHub's, with its HTML) gives a meaning: as numeric entities
+# they show as themselves, in a table cell or in running text, and nothing else.
+_MARKDOWN = {c: f"&#{ord(c)};" for c in "\\`*_{}[]<>()#!|~&:$@"}
+
+
+def _md(cell: object, limit: int = 160) -> str:
+    """Model-controlled text made inert in Markdown: one line (control characters escaped,
+    long text cut), and no HTML, link, image, emphasis, code span or table cell break."""
+    return "".join(_MARKDOWN.get(c, c) for c in safe_text(cell, limit))
 
 
 def markdown_report(report: CompressReport) -> str:
@@ -693,7 +699,7 @@ def markdown_report(report: CompressReport) -> str:
     lines = [f"## prunequant {report.command}{verdict}", ""]
     m = report.meta
     if m.get("input_path") or m.get("output_path"):
-        lines += [f"`{_md(str(m.get('input_path')))}` → `{_md(str(m.get('output_path')))}`", ""]
+        lines += [f"{_md(m.get('input_path'))} → {_md(m.get('output_path'))}", ""]
     if report.evaluation is not None:
         lines += [_md(evaluated_on(report.evaluation)), ""]
     lines += [f"| | {first} | {second} | change |", "| --- | ---: | ---: | ---: |"]
@@ -702,22 +708,23 @@ def markdown_report(report: CompressReport) -> str:
         lines += ["", "| gate | threshold | value | result |", "| --- | ---: | ---: | --- |"]
         for g in report.gates:
             value = "not measured" if g.value is None else f"{g.value:.6g}"
-            result = "✅ passed" if g.passed else f"❌ failed{': ' + g.reason if g.reason else ''}"
-            lines.append(f"| `{g.name}` | {g.threshold:g} | {value} | {result} |")
+            reason = f": {_md(g.reason, 300)}" if g.reason else ""
+            result = "✅ passed" if g.passed else f"❌ failed{reason}"
+            lines.append(f"| {_md(g.name)} | {g.threshold:g} | {value} | {result} |")
     ev = report.evaluation
     if ev is not None and ev.layers:
         lines += ["", "| weight | layer | SQNR | relative error |", "| --- | --- | ---: | ---: |"]
         for e in ev.layers[:10]:
             sqnr = "∞" if e.sqnr_db is None else f"{e.sqnr_db:.1f} dB"
             lines.append(
-                f"| `{e.weight}` | {e.op_type} | {sqnr} | {_num(e.relative_error, '.3g')} |"
+                f"| {_md(e.weight)} | {_md(e.op_type)} | {sqnr} | {_num(e.relative_error, '.3g')} |"
             )
     if report.search:
         lines += ["", "| weight | chosen setting |", "| --- | --- |"]
-        lines += [f"| `{_md(n)}` | {v} |" for n, v in report.search["settings"].items()]
+        lines += [f"| {_md(n)} | {_md(v)} |" for n, v in report.search["settings"].items()]
     notes = [*report.notes, *([] if ev is None else ev.notes)]
     if notes:
-        lines += [""] + [f"- {safe_text(n, 600)}" for n in notes]
+        lines += [""] + [f"- {_md(n, 600)}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -91,6 +91,7 @@ class Outcome:
     timed_out: bool = False
     signal: int | None = None  # the signal that ended the child on its own (a crash)
     interrupted: int | None = None  # the signal the caller sent (passed on to the child)
+    lost_stdout: str | None = None  # why the child's stdout could not be passed on
 
 
 def run_supervised(
@@ -178,6 +179,7 @@ def _relay(
     for fd in targets:
         sel.register(fd, selectors.EVENT_READ)
     timed_out = False
+    lost: dict[int, str] = {}  # streams that cannot be written any more: why
     while sel.get_map():
         deadline = deadline_of()
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -191,8 +193,13 @@ def _relay(
             if not chunk:
                 sel.unregister(fd)
                 continue
-            targets[fd].write(decoders[fd].decode(chunk))
-            targets[fd].flush()
+            if fd in lost:
+                continue  # keep draining, so the child is never blocked on a full pipe
+            try:
+                targets[fd].write(decoders[fd].decode(chunk))
+                targets[fd].flush()
+            except (OSError, ValueError) as e:  # full disk, closed pipe, closed file
+                lost[fd] = getattr(e, "strerror", None) or str(e)
     sel.close()
     for fd in targets:
         os.close(fd)
@@ -205,7 +212,7 @@ def _relay(
         return Outcome(None, timed_out=True)
     if os.WIFSIGNALED(status):
         return Outcome(None, signal=os.WTERMSIG(status))
-    return Outcome(os.WEXITSTATUS(status))
+    return Outcome(os.WEXITSTATUS(status), lost_stdout=lost.get(out_r))
 
 
 def signal_name(number: int) -> str:

@@ -343,3 +343,146 @@ def test_plot_outside_a_search_is_a_usage_error(work, monkeypatch):
     r = run("compress", "m.onnx", "o.onnx", "--bits", "8", "--no-eval", "--plot", "p.png")
     assert r.exit_code == 2 and "--plot draws what a search measured" in r.stderr
     assert snapshot(work) == before
+
+
+@pytest.mark.parametrize("length", [242, 250, 255])
+def test_output_names_up_to_the_longest_a_file_may_have(work, monkeypatch, length):
+    monkeypatch.chdir(work)
+    name = "o" * (length - 5) + ".onnx"
+    r = run("compress", "m.onnx", name, "--data", "d.npz")
+    assert r.exit_code == 0, r.output
+    run_both(work / "m.onnx", work / name)
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_an_output_whose_recipe_name_cannot_exist_is_refused_before_the_search(work, monkeypatch):
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    name = "o" * 245 + ".onnx"  # its default recipe, NAME.recipe.toml, is over 255 bytes
+    r = run("compress", "m.onnx", name, "--data", "d.npz", "--max-accuracy-drop", "0")
+    assert r.exit_code == 6 and "longer than the 255 bytes" in r.stderr, r.output
+    assert snapshot(work) == before
+
+
+EXE = str(Path(sys.executable).parent / "prunequant")
+
+
+def _pq(work, *args, env=None, **kwargs):
+    return subprocess.run(
+        [EXE, "compress", "m.onnx", "o.onnx", "--bits", "8", *args],
+        cwd=work, stderr=subprocess.PIPE, text=True, timeout=120, env=env, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+def test_a_full_stdout_is_one_line_and_exit_6(work, supervised):
+    limits = [] if supervised else ["--timeout", "0", "--memory-limit", "0"]
+    with open("/dev/full", "w") as full:
+        r = _pq(work, "--json", *limits, stdout=full)
+    assert r.returncode == 6, r.stderr
+    assert r.stderr.strip() == (
+        "prunequant: error: cannot write the result to stdout: No space left on device"
+    )
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+def test_a_closed_stdout_or_a_narrow_encoding_is_no_crash(work, supervised):
+    limits = [] if supervised else ["--timeout", "0", "--memory-limit", "0"]
+    closed = _pq(work, *limits, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 0, closed.stderr
+    ascii_env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    narrow = _pq(work, *limits, env=ascii_env, stdout=subprocess.PIPE)
+    assert narrow.returncode == 0 and "Traceback" not in narrow.stderr, narrow.stderr
+    assert "\\xd7" in narrow.stdout or "\\u" in narrow.stdout  # '×' escaped, not a crash
+
+
+def _bomb(path, inputs, declared):
+    """An .npz with ``inputs`` and a member "junk" of ``declared`` zero bytes (deflated to
+    almost nothing), written without ever holding it."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, array in inputs.items():
+            buf = io.BytesIO()
+            np.save(buf, array)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+        with zf.open("junk.npy", "w", force_zip64=True) as f:
+            header = {"descr": "<f8", "fortran_order": False, "shape": (declared // 8,)}
+            np.lib.format.write_array_header_1_0(f, header)
+            chunk = bytes(1 << 20)
+            for _ in range(declared // len(chunk)):
+                f.write(chunk)
+
+
+def test_an_npz_member_the_model_does_not_use_is_never_read(tmp_path):
+    data = dict(np.load(CNN_DATA))
+    _bomb(tmp_path / "b.npz", data, 256 << 20)
+    # The peak of this process's own memory (VmHWM starts afresh at exec, unlike ru_maxrss,
+    # which a forked child inherits from the test runner).
+    script = (
+        "import re; from pathlib import Path; from prunequant_cli.data import _read_files; "
+        f"files = _read_files(Path({str(tmp_path / 'b.npz')!r}), {{'input'}}); "
+        "assert sorted(files[0][1]) == ['input', 'labels'], sorted(files[0][1]); "
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout)
+    assert peak < 128 << 10, f"{peak} KiB: the 256 MiB member was read"
+
+
+def test_data_declaring_more_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    import prunequant_cli.data as data_module
+    from prunequant_cli.errors import ResourceError
+
+    monkeypatch.setattr(data_module, "max_data_bytes", lambda: 64 << 20)
+    _bomb(tmp_path / "b.npz", {}, 128 << 20)  # its one array stands for the input: used
+    with pytest.raises(ResourceError, match="declares more arrays than"):
+        data_module._read_files(tmp_path / "b.npz", {"input"})
+
+
+@pytest.mark.parametrize("flag", ["--recipe", "--metric"])
+def test_a_fifo_or_a_device_as_recipe_or_metric_is_refused_not_waited_on(work, monkeypatch, flag):
+    monkeypatch.chdir(work)
+    os.mkfifo(work / "fifo.py")
+    for source in ("fifo.py", "/dev/zero"):
+        value = source if flag == "--recipe" else f"{source}:score"
+        if flag == "--metric" and source == "/dev/zero":
+            continue  # not a .py name: taken as a module
+        r = _pq(work, "--data", "d.npz", flag, value, "--timeout", "60")
+        code = 3 if flag == "--recipe" else 2  # a --metric that cannot load is a usage error
+        assert r.returncode == code and "not a regular file" in r.stderr, r.stderr
+
+
+HOSTILE = "w<details><summary>x</summary>[link](http://e.x) ![i](y.png) `code` | @all **b**"
+
+
+def test_model_names_are_inert_in_the_markdown_report_and_logs(tmp_path):
+    from helpers import FLOAT, make_model, rand, save, tensor
+    from onnx import helper
+
+    weight, output = HOSTILE, "y\n::error title=pwned::owned <details>"
+    model = make_model(
+        [helper.make_node("MatMul", ["x", weight], [output])],
+        [("x", FLOAT, ["N", 64])],
+        [(output, FLOAT, ["N", 32])],
+        [tensor(weight, rand((64, 32)))],
+    )
+    src = save(model, tmp_path / "m.onnx")
+    md = tmp_path / "r.md"
+    r = run(
+        "compress", src, tmp_path / "o.onnx", "--bits", "2", "--all-layers", "--per-layer",
+        "--max-accuracy-drop", "0", "--report", md,
+    )  # fmt: skip
+    assert r.exit_code == 8, r.output  # lossless at 2 bits fails: the reason names the output
+    text = md.read_text()
+    for raw in ("<details>", "](", "`", "@all", "**b**"):
+        assert raw not in text, raw
+    assert "&#60;details&#62;" in text  # shown, as text
+    for line in text.splitlines():
+        assert not line.startswith("::")
+        if line.startswith("|"):  # no cell break from a name: every row has its header's cells
+            assert line.count("|") - line.count("\\|") in (5, 3, 4), line
+    for stream in (r.stdout, r.stderr):
+        assert not any(line.startswith("::") for line in stream.splitlines())
