@@ -721,8 +721,24 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
                 side=side,
             )
             return _finish(report, opts)
-        if opts["plot_path"] is not None:
-            raise UsageError("--plot draws what a search measured: give a budget, no settings")
+        given = {
+            name
+            for name in ("write_recipe", "time_budget", "plot_path")
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        }
+        for name in sorted(given):  # what only a search does is not silently ignored
+            flag = {"write_recipe": "--write-recipe", "plot_path": "--plot"}.get(
+                name, "--time-budget"
+            )
+            raise UsageError(f"{flag} is for a search: give a budget and no compression settings")
+        if opts["recipe"] is not None:
+            clash = [n for n in explicit if n not in ("recipe", "bits", "keep_quantized")]
+            if clash:
+                flag = "--" + clash[0].replace("_", "-")
+                raise UsageError(
+                    f"{flag} does not combine with --recipe: the recipe sets each weight's "
+                    "settings (--bits applies to weights it does not name)"
+                )
         config = CompressConfig(
             threshold=opts["threshold"],
             sparsity=opts["sparsity"],

@@ -208,6 +208,8 @@ class EvalConfig:
             raise UsageError(f"latency runs must be at least 1, got {self.latency_runs}")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.per_layer and not self.enabled:
+            raise UsageError("--per-layer measures in onnxruntime: drop --no-eval")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
 

@@ -40,6 +40,7 @@ from prunequant_cli.errors import (
     EvaluationError,
     PrunequantError,
     ResourceError,
+    UnsupportedModelError,
     UsageError,
     safe_text,
 )
@@ -307,6 +308,12 @@ class Comparison:
         self.calibration_info: dict[str, Any] | None = None
         self.session = open_session(original, config.threads, "original")
         self.specs = apply_input_shapes(input_specs(self.session), config.input_shapes)
+        for spec in self.specs:
+            if 0 in spec.shape:  # a dimension fixed at 0: every input is empty
+                raise UnsupportedModelError(
+                    f"input {safe_text(spec.name, 80)!r} has a dimension fixed at 0, so there "
+                    "is nothing to compare the models on; --no-eval compresses it unchecked"
+                )
         self.fixed = fixed_batch(self.specs)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.kinds = output_kinds(model, config.label_output, config.output_kinds)

@@ -336,9 +336,12 @@ def load_model(path: Path) -> LoadedModel:
         raise InvalidModelError(f"invalid ONNX model {safe_text(path)}: {first}") from None
     try:
         model = ir.serde.deserialize_model(proto)
-    except Exception as e:  # whatever onnx_ir cannot represent is not a model we can process
-        raise InvalidModelError(
-            f"cannot read the graph of {safe_text(path)}: {type(e).__name__}: {safe_text(e)}"
+    except Exception as e:  # valid (the checker passed), but not representable: exit 5
+        cause = e.__cause__ or e
+        raise UnsupportedModelError(
+            f"cannot process the graph of {safe_text(path)} (a valid model; its graph holds "
+            f"something the graph library cannot represent): {type(cause).__name__}: "
+            f"{safe_text((str(cause).splitlines() or [''])[0], 120)}"
         ) from None
     del proto
     loaded = LoadedModel(model, path, densified=densified)

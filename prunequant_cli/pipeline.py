@@ -23,6 +23,7 @@ from prunequant_cli.errors import (
     PrunequantError,
     UnsupportedModelError,
     UsageError,
+    safe_text,
 )
 from prunequant_cli.gates import check_gates
 from prunequant_cli.inspection import Inspection, inspect_ir
@@ -471,6 +472,7 @@ def _compress_workspace(
         dense = _prune_channels(ir_model, config, notes)
         zeros = _float_summary(ir_model, in_bytes)[1]  # shapes changed: count again
     sites, skipped = select_weights(ir_model, config.exclude)
+    _check_named_weights(ir_model, config, {s.name for s in sites})
     if dense is not None:
         skipped = [*skipped, *(Skipped(n, r) for n, r in dense.skipped)]
     config = _boundary_at_8_bits(ir_model, sites, config, notes)
@@ -630,6 +632,25 @@ def _compress_workspace(
     )
     report.gates = check_gates(report, gates)
     return report
+
+
+def _check_named_weights(ir_model: ir.Model, config: CompressConfig, selected: set[str]) -> None:
+    """Per-weight settings (a recipe's) may only name weights this run compresses."""
+    unknown = sorted(set(config.per_tensor) - selected)
+    if not unknown:
+        return
+    weights = {s.name for s in select_weights(ir_model, ())[0]}
+    excluded = [n for n in unknown if n in weights]
+    missing = [n for n in unknown if n not in weights]
+    parts = []
+    if missing:
+        shown = ", ".join(safe_text(n, 60) for n in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        parts.append(f"{len(missing)} weight(s) this model does not have ({shown}{more})")
+    if excluded:
+        shown = ", ".join(safe_text(n, 60) for n in excluded[:3])
+        parts.append(f"{len(excluded)} weight(s) that --exclude leaves out ({shown})")
+    raise UsageError(f"the per-weight settings (a recipe) name {' and '.join(parts)}")
 
 
 # At this many bits or fewer, the first and last layers keep 8 bits unless --all-layers.

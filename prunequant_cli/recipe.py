@@ -76,13 +76,42 @@ def recipe_text(config: CompressConfig, comment: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+# What each per-weight setting must be (bool is not an int here, though Python says so).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "bits": (int,),
+    "quant": (str,),
+    "block": (int,),
+    "sparsity": (int, float),
+    "threshold": (int, float),
+    "keep": (bool,),
+    "rounding": (str,),
+}
+_TOP_LEVEL = {"schema_version", "format", "bias_correction", "tensors"}
+
+
+def _typed(where: str, key: str, value: Any, kinds: tuple[type, ...]) -> Any:
+    if isinstance(value, bool) != (kinds == (bool,)) or not isinstance(value, kinds):
+        want = (
+            {"int": "an integer", "str": "a string", "bool": "true or false"}.get(
+                kinds[0].__name__, "a number"
+            )
+            if len(kinds) == 1
+            else "a number"
+        )
+        raise UsageError(f"recipe {where}: {key} must be {want}, got {safe_text(repr(value))}")
+    return value
+
+
 def _tensor_config(name: str, table: Any) -> CompressConfig:
+    where = f"entry {safe_text(name)!r}"
     if not isinstance(table, dict) or not set(table) <= _KEYS:
         extra = sorted(set(table) - _KEYS) if isinstance(table, dict) else table
-        raise UsageError(
-            f"recipe entry {safe_text(name)!r} has unknown settings: {safe_text(extra)}"
-        )
+        raise UsageError(f"recipe {where} has unknown settings: {safe_text(extra)}")
+    for key, value in table.items():
+        _typed(where, key, value, _TYPES[key])
     if table.get("keep"):
+        if set(table) != {"keep"}:
+            raise UsageError(f"recipe {where}: keep = true takes no other settings")
         return CompressConfig(bits=None)
     return CompressConfig(
         bits=table.get("bits"),
@@ -109,16 +138,24 @@ def read_recipe(path: Path, base: CompressConfig | None = None) -> CompressConfi
         raise InputError(f"cannot read recipe {safe_text(path)}: {safe_text(e)}") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"recipe {safe_text(path)} is not valid TOML: {safe_text(e)}") from None
+    except RecursionError:
+        raise UsageError(f"recipe {safe_text(path)} is nested too deeply") from None
     if data.get("schema_version") != RECIPE_VERSION:
         raise UsageError(f"recipe {safe_text(path)} has no schema_version = {RECIPE_VERSION}")
+    unknown = sorted(set(data) - _TOP_LEVEL)
+    if unknown:
+        raise UsageError(f"recipe {safe_text(path)} has unknown keys: {safe_text(unknown)}")
     tensors = data.get("tensors", {})
     if not isinstance(tensors, dict):
         raise UsageError(f"recipe {safe_text(path)}: [tensors] must be a table")
     base = base or CompressConfig()
+    where = safe_text(path)
     return CompressConfig(
         bits=base.bits,
-        format=str(data.get("format", base.format)),
-        bias_correction=bool(data.get("bias_correction", base.bias_correction)),
+        format=_typed(where, "format", data.get("format", base.format), (str,)),
+        bias_correction=_typed(
+            where, "bias_correction", data.get("bias_correction", base.bias_correction), (bool,)
+        ),
         keep_quantized=base.keep_quantized,
         exclude=base.exclude,
         per_tensor={name: _tensor_config(name, t) for name, t in tensors.items()},

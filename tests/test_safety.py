@@ -341,7 +341,7 @@ def test_plot_outside_a_search_is_a_usage_error(work, monkeypatch):
     monkeypatch.chdir(work)
     before = snapshot(work)
     r = run("compress", "m.onnx", "o.onnx", "--bits", "8", "--no-eval", "--plot", "p.png")
-    assert r.exit_code == 2 and "--plot draws what a search measured" in r.stderr
+    assert r.exit_code == 2 and "--plot is for a search" in r.stderr
     assert snapshot(work) == before
 
 
@@ -486,3 +486,97 @@ def test_model_names_are_inert_in_the_markdown_report_and_logs(tmp_path):
             assert line.count("|") - line.count("\\|") in (5, 3, 4), line
     for stream in (r.stdout, r.stderr):
         assert not any(line.startswith("::") for line in stream.splitlines())
+
+
+RECIPE = 'schema_version = 1\n[tensors."conv1.weight"]\n'
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra", "message"),
+    [
+        (RECIPE + 'bits = "8"\n', [], "bits must be an integer"),
+        (RECIPE + "bits = 8.0\n", [], "bits must be an integer"),
+        (RECIPE + "bits = true\n", [], "bits must be an integer"),
+        (RECIPE + 'keep = "no"\n', [], "keep must be true or false"),
+        (RECIPE + "bits = 8\nsparsity = '0.5'\n", [], "sparsity must be a number"),
+        (RECIPE + "bits = 8\nblock = 'x'\n", [], "block must be an integer"),
+        ('schema_version = 1\n[tensors."nope.weight"]\nbits = 8\n', [], "does not have (nope"),
+        ("schema_version = 1\nbogus = 3\n" + RECIPE[18:] + "bits = 8\n", [], "unknown keys"),
+        ("schema_version = 1\nx = " + "[" * 3000 + "]" * 3000 + "\n", [], "nested too deeply"),
+        (RECIPE + "bits = 8\n", ["--sparsity", "0.5"], "--sparsity does not combine"),
+        (RECIPE + "bits = 8\n", ["--quant", "asymmetric"], "--quant does not combine"),
+        (RECIPE + "bits = 8\n", ["--threshold", "0.1"], "--threshold does not combine"),
+        (RECIPE + "bits = 8\n", ["--prune-mode", "dense"], "--prune-mode does not combine"),
+        (RECIPE + "bits = 8\n", ["--exclude", "conv1*"], "--exclude leaves out"),
+    ],
+)
+def test_a_recipe_is_applied_exactly_or_refused(work, monkeypatch, recipe, extra, message):
+    monkeypatch.chdir(work)
+    (work / "r.toml").write_text(recipe)
+    before = snapshot(work)
+    r = run("compress", "m.onnx", "o.onnx", "--data", "d.npz", "--recipe", "r.toml", *extra)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert snapshot(work) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bits", "8", "--write-recipe", "x.toml"], "--write-recipe is for a search"),
+        (["--bits", "8", "--time-budget", "10"], "--time-budget is for a search"),
+        (["--bits", "8", "--no-eval", "--per-layer"], "--per-layer measures in onnxruntime"),
+    ],
+)
+def test_options_that_would_do_nothing_say_so(work, monkeypatch, args, message):
+    monkeypatch.chdir(work)
+    r = run("compress", "m.onnx", "o.onnx", *args)
+    assert r.exit_code == 2 and message in r.stderr, r.output
+
+
+def test_a_batch_fixed_at_zero_is_said_not_divided_by(tmp_path):
+    from helpers import FLOAT, make_model, rand, save, tensor
+    from onnx import helper
+
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", FLOAT, [0, 4])],
+        [("y", FLOAT, [0, 3])],
+        [tensor("W", rand((4, 3)))],
+    )
+    src = save(model, tmp_path / "m.onnx")
+    r = run("compress", src, tmp_path / "o.onnx")
+    assert r.exit_code == 5 and "dimension fixed at 0" in r.stderr, r.output
+    assert not (tmp_path / "o.onnx").exists()
+    assert run("compress", src, tmp_path / "o.onnx", "--no-eval").exit_code == 0
+
+
+def test_a_valid_zipmap_classifier_is_unsupported_not_invalid(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    classifier = helper.make_node(
+        "LinearClassifier", ["x"], ["label", "probs"], domain="ai.onnx.ml",
+        coefficients=[0.1 * i for i in range(12)], intercepts=[0.0, 0.0, 0.0],
+        classlabels_ints=[0, 1, 2], post_transform="SOFTMAX",
+    )  # fmt: skip
+    zipmap = helper.make_node(
+        "ZipMap", ["probs"], ["p"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]
+    )
+    maps = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(
+            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+        )
+    )
+    graph = helper.make_graph(
+        [classifier, zipmap], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_value_info("p", maps)],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    onnx.checker.check_model(model, full_check=True)  # valid, as skl2onnx writes them
+    onnx.save(model, tmp_path / "m.onnx")
+    r = run("compress", tmp_path / "m.onnx", tmp_path / "o.onnx")
+    assert r.exit_code == 5 and "a valid model" in r.stderr, r.output
