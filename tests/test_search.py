@@ -353,3 +353,29 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
     )
     assert [c["label"] for c in checked] == ["edge", "0.7", "half", "quarter"]
     assert all(fold == 1 for _, fold in checked_on_fold) and state["w"][0] == "quarter"
+
+
+def test_without_a_confirming_fold_the_metric_is_stressed_more(tmp_path):
+    """Fewer than 2 × MIN_FOLD calibration samples: no fold checks the search's choice on
+    samples it was not made on, so the metric must hold on a larger output change."""
+    from prunequant_cli.evaluate import (
+        METRIC_STRESS,
+        METRIC_STRESS_UNCONFIRMED,
+        MIN_FOLD,
+        Comparison,
+    )
+    from prunequant_cli.model_io import load_model
+
+    data = np.load(SAMPLES / "digits_cnn.npz")
+    model = load_model(SAMPLES / "digits_cnn.onnx").model
+    stresses = []
+    for n in (2 * MIN_FOLD - 1, 2 * MIN_FOLD):
+        cal = tmp_path / f"cal{n}.npz"
+        np.savez(cal, input=data["input"][:n], labels=data["labels"][:n])
+        config = EvalConfig(data=SAMPLES / "digits_cnn.npz", calibration_data=cal)
+        comparison = Comparison(str(SAMPLES / "digits_cnn.onnx"), config, model, calibrate=True)
+        folds = comparison.calibration_folds()
+        reference = [[comparison.session.run(None, b)[0]] for b in folds[0][0]]
+        stresses.append((len(folds), comparison.judge_for(reference, folds[0][1]).stress))
+    assert stresses == [(1, METRIC_STRESS_UNCONFIRMED), (2, METRIC_STRESS)]
+    assert METRIC_STRESS_UNCONFIRMED > METRIC_STRESS
