@@ -27,6 +27,7 @@ from prunequant_cli.errors import (
     EXIT_INTERNAL,
     EXIT_OUTPUT,
     EXIT_RESOURCE,
+    EXIT_USAGE,
     OutputError,
     PrunequantError,
     UsageError,
@@ -158,14 +159,14 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
     if timeout is None and memory is None:
         sys.exit(_execute(debug, action))
     paths = [p for p in guarded if p is not None]
-    before = {p: _temporaries(p) for p in paths}
     versions = {p: _version(p) for p in paths}
 
-    def cleanup() -> None:
-        # A run that was killed delivers nothing: its temporaries go. Its outputs are only
-        # moved into place once it has succeeded, so the previous ones are still there.
+    def cleanup(worker: int) -> None:
+        # A run that was killed delivers nothing: its temporaries go (only its own: they
+        # carry its worker's pid). Its outputs are only moved into place once it has
+        # succeeded, so the previous ones are still there.
         for p in paths:
-            for leftover in _temporaries(p) - before[p]:
+            for leftover in _temporaries(p, worker):
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
@@ -181,9 +182,19 @@ def _run(opts: dict[str, Any], action: Callable[[], int], guarded: list[Path | N
         done = any(_version(p) != versions[p] for p in paths)
         kept = "its outputs were already written" if done else "nothing was written"
         _fail(f"timed out after {opts['timeout']:g} s (--timeout); {kept}", EXIT_RESOURCE)
+    if outcome.vanished is not None:
+        _fail(
+            f"the run ended (exit status {outcome.vanished}) before it finished: code it ran, "
+            "such as a --metric, ended the process; nothing was written",
+            EXIT_USAGE,
+        )
     if outcome.lost_stdout is not None:
         _drop_stdout()
-        _fail(f"cannot write the result to stdout: {outcome.lost_stdout}", EXIT_OUTPUT)
+        _fail(
+            f"cannot write the result to stdout: {outcome.lost_stdout} (the output files, if "
+            "any, were written before)",
+            EXIT_OUTPUT,
+        )
     if outcome.signal is not None:
         name = signal_name(outcome.signal)
         _fail(
@@ -202,15 +213,27 @@ def _version(path: Path) -> tuple[int, int] | None:
     return (st.st_ino, st.st_mtime_ns)
 
 
-def _temporaries(path: Path) -> set[Path]:
-    """Hidden temporary files and folders an atomic write of ``path`` makes beside it."""
+def _temporaries(path: Path, pid: int) -> set[Path]:
+    """Hidden temporary files and folders that process ``pid`` made beside ``path``."""
     from prunequant_cli.outputs import temporary_prefix
 
-    prefix = temporary_prefix(path)
+    prefix = temporary_prefix(path, pid)
     try:
         return {p for p in path.parent.iterdir() if p.name.startswith(prefix)}
     except OSError:
         return set()
+
+
+# Below this many MiB the numerical libraries cannot even start (OpenBLAS gives up with
+# its own messages): a limit that low is a mistake, not a limit.
+MIN_MEMORY_MB = 256
+
+
+def _memory_limit(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if 0 < value < MIN_MEMORY_MB:
+        raise click.BadParameter(f"{value} MiB is too little to run at all: 0 (no limit) or at "
+                                 f"least {MIN_MEMORY_MB}")  # fmt: skip
+    return value
 
 
 class Finite(click.FloatRange):
@@ -251,13 +274,22 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 def _output_kind(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[tuple[str, str], ...]:
-    kinds = []
+    kinds: list[tuple[str, str]] = []
     for text in values:
         name, sep, kind = text.rpartition(":")
         if not sep or not name or kind not in ("class", "tensor"):
             raise click.BadParameter(f"{text!r} is not NAME:KIND with KIND class or tensor")
+        if any(n == name and k != kind for n, k in kinds):
+            raise click.BadParameter(f"output {name!r} is given two kinds")
         kinds.append((name, kind))
     return tuple(kinds)
+
+
+def _file_path(text: str) -> Path:
+    """A path that names a file: "out.onnx/" names a folder (Path would drop the slash)."""
+    if text.endswith(("/", os.sep)):
+        raise click.BadParameter(f"{text!r} ends with '/': it names a folder, not a file")
+    return Path(text)
 
 
 evaluation_options = _options(
@@ -403,6 +435,7 @@ limit_options = _options(
     click.option(
         "--memory-limit",
         type=click.IntRange(0, 2**30),  # MiB: 1 PiB, well inside what setrlimit takes
+        callback=_memory_limit,
         default=_default_memory_mb,
         show_default="80% of this machine's memory",
         metavar="MB",
@@ -507,7 +540,10 @@ def _finish(report: Any, opts: dict[str, Any]) -> int:
         sys.stdout.flush()
     except OSError as e:  # a full disk, a closed pipe: the result cannot be delivered
         _drop_stdout()
-        raise OutputError(f"cannot write the result to stdout: {e.strerror or e}") from None
+        raise OutputError(
+            f"cannot write the result to stdout: {e.strerror or e} (the output files, if any, "
+            "were written before)"
+        ) from None
     if not report.passed:
         failed = ", ".join(g.name for g in report.gates if not g.passed)
         click.echo(f"prunequant: gate failed: {failed}", err=True)
@@ -550,7 +586,7 @@ def main() -> None:
 
 @main.command(epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(), callback=lambda c, p, v: _file_path(v))
 @click.option(
     "--threshold",
     type=Finite(0.0, 1.0),

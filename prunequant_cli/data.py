@@ -237,31 +237,38 @@ def _wanted(members: list[str], names: set[str]) -> set[str]:
     return wanted
 
 
-def _npz_member(npz: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a member's .npy header, without reading its data."""
+def _npz_member(npz: zipfile.ZipFile, member: str, budget: list[int], path: Path) -> np.ndarray:
+    """One ``.npy`` member: its header read and its size spent from ``budget`` before a
+    byte of its data is, then exactly the data the header declares (read by us, not by
+    numpy's NpzFile, which would prefer a raw member of the same name without .npy)."""
     with npz.open(member) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    return shape, dtype
+        if dtype.hasobject:
+            raise ValueError(f"member {member!r} holds Python objects")
+        count = int(np.prod(shape, dtype=np.float64))
+        _spend(budget, count * dtype.itemsize, path)
+        array = np.empty(count, dtype=dtype)
+        view, filled = memoryview(array.view(np.uint8)), 0  # type: ignore[arg-type]
+        while filled < len(view):
+            got = f.readinto(view[filled:])  # type: ignore[attr-defined]
+            if not got:
+                raise ValueError(f"member {member!r} is shorter than its header says")
+            filled += got
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
 def _read_npz(path: Path, names: set[str], budget: list[int]) -> dict[str, np.ndarray]:
-    """The arrays of an .npz that the model can use, each checked by its header first."""
+    """The arrays of an .npz that the model can use (other members are never read)."""
     with zipfile.ZipFile(path) as npz:
         members = {n.removesuffix(".npy"): n for n in npz.namelist() if n.endswith(".npy")}
         keep = _wanted(sorted(members), names)
-        for key in sorted(keep):
-            shape, dtype = _npz_member(npz, members[key])
-            if dtype.hasobject:
-                raise ValueError(f"array {key!r} holds Python objects")
-            _spend(budget, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, path)
-    with np.load(path, allow_pickle=False) as loaded:
-        return {k: loaded[k] for k in sorted(keep)}
+        return {key: _npz_member(npz, members[key], budget, path) for key in sorted(keep)}
 
 
 def _spend(budget: list[int], nbytes: int, path: Path) -> None:
@@ -481,6 +488,57 @@ def _merge_same_shapes(
             }
         )
     return out
+
+
+# Sizes tried, in order, for the free (symbolic, non-batch) dimensions of synthetic inputs,
+# until the original model runs: image-like inputs (4-D float) take sizes images have, any
+# other free dimension (a sequence, a width) lengths sequences have; 1 last, as the smallest
+# size that a model with any shape arithmetic may still accept.
+IMAGE_SIZES = (224, 320, 640, 256, 32, 1)
+SEQUENCE_SIZES = (16, 32, 64, 128, 256, 512, 1)
+
+
+def free_dimensions(specs: list[InputSpec]) -> dict[str, bool]:
+    """The free dimensions of the inputs, keyed ``symbol`` (or ``input:axis`` when unnamed),
+    and whether each is image-like (the first input it appears in is 4-D float)."""
+    free: dict[str, bool] = {}
+    for spec in specs:
+        image = len(spec.shape) == 4 and np.dtype(spec.dtype).kind == "f"
+        for axis, dim in enumerate(spec.shape):
+            if dim is None and axis != spec.batch_axis:
+                free.setdefault(_free_key(spec, axis), image)
+    return free
+
+
+def _free_key(spec: InputSpec, axis: int) -> str:
+    symbol = spec.symbols[axis] if axis < len(spec.symbols) else None
+    return symbol or f"{spec.name}:{axis}"
+
+
+def size_attempts(specs: list[InputSpec]) -> list[list[InputSpec]]:
+    """The inputs with their free dimensions fixed, one list per attempt, in the order tried
+    (one attempt, unchanged, when nothing is free)."""
+    free = free_dimensions(specs)
+    if not free:
+        return [specs]
+    attempts = []
+    for k in range(max(len(IMAGE_SIZES), len(SEQUENCE_SIZES))):
+        size = {
+            key: (IMAGE_SIZES if image else SEQUENCE_SIZES)[
+                min(k, len(IMAGE_SIZES if image else SEQUENCE_SIZES) - 1)
+            ]
+            for key, image in free.items()
+        }
+        trial = []
+        for spec in specs:
+            shape = tuple(
+                size[_free_key(spec, axis)] if d is None and axis != spec.batch_axis else d
+                for axis, d in enumerate(spec.shape)
+            )
+            trial.append(InputSpec(spec.name, spec.dtype, shape, spec.symbols, spec.batch_axis))
+        if trial not in attempts:
+            attempts.append(trial)
+    return attempts
 
 
 def synthetic_dataset(specs: list[InputSpec], samples: int, seed: int) -> Dataset:

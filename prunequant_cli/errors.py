@@ -75,7 +75,14 @@ class ResourceError(PrunequantError):
     exit_code = EXIT_RESOURCE
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the invisible ones that reorder or hide text (bidirectional
+# overrides and isolates, zero-width characters, the byte-order mark).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def safe_text(text: object, limit: int = 200) -> str:
@@ -84,7 +91,7 @@ def safe_text(text: object, limit: int = 200) -> str:
     Control characters (newlines, ANSI escapes) are shown as escapes, a leading
     ``::`` (a CI workflow command) is defused, and long text is truncated.
     """
-    s = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    s = _CONTROL.sub(_escaped, str(text))
     if s.startswith("::"):
         s = "\\" + s
     if len(s) > limit:

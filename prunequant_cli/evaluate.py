@@ -25,14 +25,18 @@ import numpy as np
 
 from prunequant_cli.config import EvalConfig
 from prunequant_cli.data import (
+    IMAGE_SIZES,
+    SEQUENCE_SIZES,
     Dataset,
     InputSpec,
     apply_input_shapes,
     cut,
     fixed_batch,
+    free_dimensions,
     input_specs,
     load_dataset,
     samples_of,
+    size_attempts,
     split_indices,
     synthetic_dataset,
 )
@@ -234,7 +238,7 @@ def session_rss(model: str | bytes, threads: int) -> int | None:
         return None
     try:
         out = subprocess.run(
-            [sys.executable, "-c", _SESSION_RSS, model, str(threads)],
+            [sys.executable, "-P", "-c", _SESSION_RSS, model, str(threads)],  # not the cwd
             capture_output=True,
             text=True,
             timeout=300,
@@ -263,12 +267,17 @@ def load_metric(spec: str) -> Metric:
             if loaded is None or loaded.loader is None:
                 raise UsageError(f"--metric cannot load {safe_text(target)}")
             module = importlib.util.module_from_spec(loaded)
-            loaded.loader.exec_module(module)
+            writes = sys.dont_write_bytecode
+            sys.dont_write_bytecode = True  # no __pycache__ left beside the user's file
+            try:
+                loaded.loader.exec_module(module)
+            finally:
+                sys.dont_write_bytecode = writes
         else:
             module = importlib.import_module(target)
     except PrunequantError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # exiting at import is failing
         raise UsageError(
             f"--metric {safe_text(target)} failed to load: {type(e).__name__}: {safe_text(e, 300)}"
         ) from None
@@ -283,6 +292,11 @@ def run_batches(
 ) -> list[list[np.ndarray]]:
     """Each batch's outputs, in order."""
     return [[np.asarray(y) for y in _run(session, feed, what)] for feed in batches]
+
+
+class SyntheticInputsFailed(EvaluationError):
+    """onnxruntime opened the original but could not run it on any synthetic inputs tried:
+    the model may be fine, the inputs are what is missing."""
 
 
 class Comparison:
@@ -319,6 +333,8 @@ class Comparison:
                     f"input {safe_text(spec.name, 80)!r} has a dimension fixed at 0, so there "
                     "is nothing to compare the models on; --no-eval compresses it unchecked"
                 )
+        if config.data is None and config.calibration_data is None:
+            self.specs = self._runnable_sizes(self.specs)
         self.fixed = fixed_batch(self.specs)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.kinds = output_kinds(model, config.label_output, config.output_kinds)
@@ -346,6 +362,46 @@ class Comparison:
             None
             if self.calibration is None
             else list(self.calibration.batches(config.batch_size, self.fixed))
+        )
+
+    def _runnable_sizes(self, specs: list[InputSpec]) -> list[InputSpec]:
+        """The inputs with their free dimensions set to the first sizes (see
+        data.size_attempts) at which the original runs on one synthetic sample."""
+        attempts = size_attempts(specs)
+        failure = ""
+        for trial in attempts:
+            probe = synthetic_dataset(trial, 1, self.config.seed)
+            try:
+                run_batches(self.session, list(probe.batches(1, fixed_batch(trial))), "original")
+            except EvaluationError as e:
+                failure = str(e)
+                continue
+            if len(attempts) == 1:
+                return trial  # nothing free: nothing to say
+            shapes = ", ".join(
+                f"{safe_text(t.name, 60)} "
+                + "×".join("N" if i == t.batch_axis and d is None else str(d)
+                           for i, d in enumerate(t.shape))
+                for t in trial
+            )  # fmt: skip
+            self.notes.append(
+                f"no --data: free input dimensions set to {shapes} (the first sizes tried at "
+                "which the original runs; --input-shape NAME:DIMS sets them)"
+            )
+            return trial
+        kinds = set(free_dimensions(specs).values())
+        if not kinds:
+            raise SyntheticInputsFailed(
+                f"{failure} (on synthetic inputs; give --data with real ones)"
+            )
+        sizes = [
+            *(IMAGE_SIZES if True in kinds else ()),
+            *(SEQUENCE_SIZES if False in kinds else ()),
+        ]
+        tried = ", ".join(str(n) for n in dict.fromkeys(sizes))
+        raise SyntheticInputsFailed(
+            f"{failure} (with synthetic inputs at every size tried for the free dimensions: "
+            f"{tried}; give --data with real inputs, or --input-shape NAME:DIMS)"
         )
 
     def _datasets(self, calibrate: bool) -> tuple[Dataset, Dataset | None]:
@@ -437,10 +493,18 @@ class Comparison:
         """Run both models on the same inputs and measure how far the compressed one moved."""
         config, sess_a = self.config, self.session
         sess_b = open_session(compressed, config.threads, "compressed")
-        if [(s.name, s.dtype) for s in self.specs] != [
-            (s.name, s.dtype) for s in input_specs(sess_b)
-        ]:
+        theirs = input_specs(sess_b)
+        if [(s.name, s.dtype) for s in self.specs] != [(s.name, s.dtype) for s in theirs]:
             raise UsageError("the two models do not have the same inputs (names and types)")
+        for a, b in zip(self.specs, theirs, strict=True):
+            if len(a.shape) != len(b.shape) or any(
+                x is not None and y is not None and x != y
+                for x, y in zip(a.shape, b.shape, strict=True)
+            ):
+                raise UsageError(
+                    f"the two models' input {safe_text(a.name, 80)!r} differs in shape "
+                    f"({len(a.shape)} against {len(b.shape)} dimensions, or a fixed size)"
+                )
         if self.outputs != [o.name for o in sess_b.get_outputs()]:
             raise UsageError("the two models do not have the same outputs")
         got = run_batches(sess_b, self.batches, "compressed")

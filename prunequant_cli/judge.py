@@ -20,7 +20,9 @@ Everything is computed in float64 over all batches, in order.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,16 +158,22 @@ class Metric:
         ref = [dict(zip(outputs, b, strict=True)) for b in reference]
         got = [dict(zip(outputs, b, strict=True)) for b in candidate]
         try:
-            value = self.fn(ref, got, labels)
-        except Exception as e:
+            # What it prints goes to stderr: stdout carries the result (--json) only.
+            with contextlib.redirect_stdout(sys.stderr):
+                value = self.fn(ref, got, labels)
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # its own exit is no result
             raise UsageError(
                 f"--metric {safe_text(self.name)} raised {type(e).__name__}: {safe_text(e, 300)}"
             ) from None
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if isinstance(value, bool) or not math.isfinite(number):
+        number = math.nan
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value[()]  # a 0-d array (np.mean of an array is one): its number
+        if isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+            value, bool | np.bool_
+        ):
+            with contextlib.suppress(OverflowError):
+                number = float(value)
+        if not math.isfinite(number):
             raise UsageError(
                 f"--metric {safe_text(self.name)} must return a finite number, "
                 f"got {safe_text(repr(value), 80)}"

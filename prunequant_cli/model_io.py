@@ -60,6 +60,10 @@ def check_readable_file(path: Path, what: str = "model") -> None:
 # Initializers whose raw data is at least this big are not parsed into memory at
 # load: they are read from the file, one at a time, when a pass asks for them.
 LAZY_MIN_BYTES = 1 << 16
+# The location that marks them: one no external data can have (its NUL is refused there),
+# so the model file itself is never mistaken for external data (and put through the
+# checks external data gets: no links, no odd characters in its name).
+SELF = "\x00the model file"
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 
@@ -321,7 +325,7 @@ def load_model(path: Path) -> LoadedModel:
         )
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            proto = onnx.ModelProto.FromString(_skeleton(buf, path.name))
+            proto = onnx.ModelProto.FromString(_skeleton(buf, SELF))
     except (_WireError, DecodeError, RecursionError):
         raise InvalidModelError(f"not an ONNX model: {safe_text(path)}") from None
     except OSError as e:
@@ -351,8 +355,10 @@ def load_model(path: Path) -> LoadedModel:
             tensor = value.const_value
             if not isinstance(tensor, ir.ExternalTensor):
                 continue
-            data = _contained(path.parent, str(tensor.location))
-            if data != path.resolve():
+            if str(tensor.location) == SELF:  # bytes of the model file itself
+                data = path.resolve()
+            else:
+                data = _contained(path.parent, str(tensor.location))
                 loaded.external.add(data)
             offset = tensor.offset or 0
             length = tensor.length if tensor.length is not None else int(tensor.nbytes)
@@ -361,7 +367,19 @@ def load_model(path: Path) -> LoadedModel:
                 # Packed sub-byte types (INT4, UINT2...) and strings: onnx_ir's own reader,
                 # which unpacks them; the location was checked above.
                 _check_range(tensor, data)
-                tensor.base_dir = str(path.parent)
+                if str(tensor.location) == SELF:
+                    tensor = ir.ExternalTensor(
+                        data.name,
+                        tensor.offset,
+                        tensor.length,
+                        tensor.dtype,
+                        shape=tensor.shape,
+                        name=tensor.name,
+                        base_dir=str(data.parent),
+                    )
+                    value.const_value = tensor
+                else:
+                    tensor.base_dir = str(path.parent)
                 continue
             value.const_value = _range_tensor(tensor, data)
     _no_overlaps(ranges)

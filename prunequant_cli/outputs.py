@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +79,7 @@ def check_paths(
             )
         if path.is_dir():
             raise OutputError(f"{what} is a folder: {safe_text(path)}")
+        _replaceable(what, path)
     read_files = [(what, f) for what, p in reads for f in _files_read(p)]
     every = [*writes, *optional]
     for i, (what, path) in enumerate(every):
@@ -90,6 +93,28 @@ def check_paths(
                 raise OutputError(f"{what} and {other_what} name the same file: {safe_text(path)}")
 
 
+def _replaceable(what: str, path: Path) -> None:
+    """Only a regular file (or nothing) may be replaced: a device, a FIFO or a socket at an
+    output path (/dev/null, /dev/stdout...) is not a file to overwrite, and a symlink is
+    neither followed (its target may be anything) nor replaced (it may be a system's)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputError(f"cannot write {what} {safe_text(path)}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputError(
+            f"{what} {safe_text(path)} is a symlink: it is neither followed nor replaced "
+            "(name the file itself, or remove the link)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(
+            f"{what} {safe_text(path)} is not a regular file (a device, FIFO or socket): "
+            "it is not replaced"
+        )
+
+
 def _name_max(folder: Path) -> int:
     try:
         return int(os.pathconf(folder, "PC_NAME_MAX"))
@@ -98,21 +123,35 @@ def _name_max(folder: Path) -> int:
 
 
 def metric_file(spec: str | None) -> Path | None:
-    """The file a ``--metric FILE.py:FUNCTION`` reads, if it names one."""
+    """The file a ``--metric FILE.py:FUNCTION`` (or ``module:function``, found without
+    importing it when it is a top-level module) reads, if there is one."""
     if not spec:
         return None
     target = spec.rpartition(":")[0]
-    return Path(target) if target.endswith(".py") else None
+    if target.endswith(".py"):
+        return Path(target)
+    if not target.isidentifier():
+        return None  # a dotted name: finding it would run its packages' code
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and os.path.isfile(origin) else None
 
 
 # Room left in a file name (NAME_MAX 255) for the random part and suffix of a temporary.
 _TEMP_STEM = 200
 
 
-def temporary_prefix(final: Path) -> str:
-    """How the temporaries of ``final`` begin: hidden, after its name (cut short for long
-    names, so that a name of up to 255 bytes still has temporaries that fit)."""
-    return f".{final.name[:_TEMP_STEM]}."
+def temporary_prefix(final: Path, pid: int | None = None) -> str:
+    """How the temporaries that process ``pid`` (this one by default) makes for ``final``
+    begin: hidden, after its name (cut short for long names, so that a name of up to 255
+    bytes still has temporaries that fit), then the pid, so that cleaning up after one run
+    never touches another's."""
+    return f".{final.name[:_TEMP_STEM]}.{os.getpid() if pid is None else pid}."
 
 
 @dataclass
@@ -163,12 +202,17 @@ class Staging:
             raise OutputError(f"cannot write {what} {safe_text(final)}: {why}") from None
 
     def commit(self) -> None:
-        """Move every staged file into place (the run succeeded)."""
+        """Move every staged file into place (the run succeeded), all or none as far as a
+        signal goes: SIGINT, SIGTERM and SIGHUP wait until the last rename is done."""
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             for staged, final in self.moves:
                 os.replace(staged, final)
         except OSError as e:
             raise OutputError(f"cannot write {safe_text(final)}: {e.strerror or e}") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for parent in sorted({final.parent for _, final in self.moves}):
             with contextlib.suppress(OSError):
                 dir_fd = os.open(parent, os.O_RDONLY)

@@ -157,6 +157,7 @@ class Workspace:
     zeros: dict[str, int]
     notes: list[str]
     comparison: Comparison | None
+    skipped: str | None = None  # why the original could not run, when that was no reason to stop
 
 
 def _workspace(
@@ -168,6 +169,7 @@ def _workspace(
     check: Callable[[ir.Model], None] | None = None,
     side: SideFiles | None = None,
     recipe: Path | None = None,
+    optional_evaluation: bool = False,
 ) -> Workspace:
     """Load ``model``, check every path the run writes (``out``, a search's ``recipe``,
     ``side``) against every path it reads, prepare the weights, and (when evaluating) run
@@ -192,16 +194,31 @@ def _workspace(
     else:
         source = ir.serde.serialize_model(ir_model).SerializeToString()
         in_bytes = len(source)
-    comparison = None
+    comparison, skipped = None, None
     if evaluation.enabled:
-        from prunequant_cli.evaluate import Comparison  # imports onnxruntime: only when needed
+        # onnxruntime is imported only when needed
+        from prunequant_cli.evaluate import Comparison, SyntheticInputsFailed
 
-        comparison = Comparison(source, evaluation, ir_model, calibrate=calibrate)
+        try:
+            comparison = Comparison(source, evaluation, ir_model, calibrate=calibrate)
+        except SyntheticInputsFailed as e:
+            if not optional_evaluation:
+                raise
+            skipped = str(e)  # the compression needs no evaluation: it goes on without one
     notes = _prepare(ir_model, densified)
     # After the weights held in Constant nodes became initializers, so they are counted.
     original, zeros = _float_summary(ir_model, in_bytes)
     return Workspace(
-        ir_model, in_path, in_external, source, in_bytes, original, zeros, notes, comparison
+        ir_model,
+        in_path,
+        in_external,
+        source,
+        in_bytes,
+        original,
+        zeros,
+        notes,
+        comparison,
+        skipped,
     )
 
 
@@ -433,15 +450,37 @@ def compress(
 
     out = Path(output)
     started = time.perf_counter()
+    # Without data, gates or calibration nothing needs the evaluation but the report: when the
+    # original cannot run on synthetic inputs the model is still written, then the run fails.
+    optional = (
+        evaluation.data is None
+        and evaluation.calibration_data is None
+        and not gates.needs_evaluation
+        and not config.calibrates
+    )
     ws = _workspace(
-        model, out, evaluation, progress, calibrate=config.calibrates, check=check, side=side
+        model,
+        out,
+        evaluation,
+        progress,
+        calibrate=config.calibrates,
+        check=check,
+        side=side,
+        optional_evaluation=optional,
     )
     staging = Staging()
     try:
         report = _compress_workspace(ws, out, config, gates, progress, staging, started=started)
-        return _deliver(report, staging, side)
+        if ws.skipped is not None:
+            report.notes.append(f"not evaluated: {ws.skipped}")
+        _deliver(report, staging, side)
     finally:
         staging.discard()
+    if ws.skipped is not None:
+        raise EvaluationError(
+            f"{ws.skipped}; the compressed model was written, but not compared with the original"
+        )
+    return report
 
 
 def _compress_workspace(

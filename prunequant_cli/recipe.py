@@ -109,6 +109,8 @@ def _tensor_config(name: str, table: Any) -> CompressConfig:
         raise UsageError(f"recipe {where} has unknown settings: {safe_text(extra)}")
     for key, value in table.items():
         _typed(where, key, value, _TYPES[key])
+    if table.get("block") is not None and table["block"] < 2:
+        raise UsageError(f"recipe {where}: block must be 2 or more, got {table['block']}")
     if table.get("keep"):
         if set(table) != {"keep"}:
             raise UsageError(f"recipe {where}: keep = true takes no other settings")
@@ -140,7 +142,8 @@ def read_recipe(path: Path, base: CompressConfig | None = None) -> CompressConfi
         raise UsageError(f"recipe {safe_text(path)} is not valid TOML: {safe_text(e)}") from None
     except RecursionError:
         raise UsageError(f"recipe {safe_text(path)} is nested too deeply") from None
-    if data.get("schema_version") != RECIPE_VERSION:
+    version = data.get("schema_version")
+    if type(version) is not int or version != RECIPE_VERSION:
         raise UsageError(f"recipe {safe_text(path)} has no schema_version = {RECIPE_VERSION}")
     unknown = sorted(set(data) - _TOP_LEVEL)
     if unknown:

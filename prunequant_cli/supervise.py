@@ -54,7 +54,10 @@ def catch_termination() -> None:
 
 
 def _die_with_parent(parent: int) -> None:
-    """SIGTERM to this process when ``parent`` dies (Linux); exit at once if it already has."""
+    """End this process when ``parent`` dies: the kernel sends SIGTERM (Linux), which
+    Python answers by unwinding, and a watching thread arms SIGALRM (whose default action
+    the kernel carries out) for GRACE seconds later, for when Python cannot answer because
+    onnxruntime is running. Exit at once if the parent is already gone."""
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -62,6 +65,17 @@ def _die_with_parent(parent: int) -> None:
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(128 + signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        signal.setitimer(signal.ITIMER_REAL, GRACE)
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    import threading
+
+    threading.Thread(target=watch, name="prunequant-parent-watch", daemon=True).start()
 
 
 def _on_child_signal(signum: int, frame: Any) -> None:
@@ -92,14 +106,16 @@ class Outcome:
     signal: int | None = None  # the signal that ended the child on its own (a crash)
     interrupted: int | None = None  # the signal the caller sent (passed on to the child)
     lost_stdout: str | None = None  # why the child's stdout could not be passed on
+    vanished: int | None = None  # the exit status of a child that ended before its result
 
 
 def run_supervised(
-    body: Callable[[], int], limits: Limits, cleanup: Callable[[], None] = lambda: None
+    body: Callable[[], int], limits: Limits, cleanup: Callable[[int], None] = lambda pid: None
 ) -> Outcome:
     """Run ``body`` (returning an exit code) in a child process under ``limits``."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    done_r, done_w = os.pipe()  # the child's exit code, written only when its body ended
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     parent = os.getpid()
@@ -107,6 +123,7 @@ def run_supervised(
     if pid == 0:  # the child: never returns
         os.close(out_r)
         os.close(err_r)
+        os.close(done_r)
         code = 1
         try:
             # The parent decides about Ctrl-C (it reaches the whole process group) and
@@ -114,9 +131,9 @@ def run_supervised(
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, _on_child_signal)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the kernel's end, not Python's
             _die_with_parent(parent)
             if limits.timeout is not None:  # its own deadline, should the parent's fail
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 signal.setitimer(signal.ITIMER_REAL, limits.timeout + GRACE)
             if limits.memory:
                 resource.setrlimit(resource.RLIMIT_DATA, (limits.memory, limits.memory))
@@ -140,10 +157,13 @@ def run_supervised(
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
+            with contextlib.suppress(OSError):
+                os.write(done_w, b"%d" % code)
             os._exit(code)
 
     os.close(out_w)
     os.close(err_w)
+    os.close(done_w)
     deadline = None if limits.timeout is None else time.monotonic() + limits.timeout
     received: list[int] = []
 
@@ -158,10 +178,17 @@ def run_supervised(
     caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, forward) for sig in caught}
     try:
-        return _relay(pid, out_r, err_r, lambda: deadline, received, cleanup)
+        outcome = _relay(pid, out_r, err_r, lambda: deadline, received, cleanup)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    with os.fdopen(done_r, "rb") as done:
+        reported = done.read()
+    if outcome.code is not None and not reported:
+        # It exited (os._exit, or a library's exit) without its body returning a result.
+        cleanup(pid)
+        return Outcome(None, vanished=outcome.code)
+    return outcome
 
 
 def _relay(
@@ -170,7 +197,7 @@ def _relay(
     err_r: int,
     deadline_of: Callable[[], float | None],
     received: list[int],
-    cleanup: Callable[[], None],
+    cleanup: Callable[[int], None],
 ) -> Outcome:
     """Pass the child's output on until it exits or its deadline passes (then kill it)."""
     sel = selectors.DefaultSelector()
@@ -205,7 +232,7 @@ def _relay(
         os.close(fd)
     _, status = os.waitpid(pid, 0)
     if timed_out or received or not os.WIFEXITED(status):
-        cleanup()
+        cleanup(pid)
     if received:
         return Outcome(None, interrupted=received[0])
     if timed_out:

@@ -219,16 +219,18 @@ def test_failed_write_keeps_the_previous_output_and_leaves_nothing_behind(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx"]
 
 
-def test_a_symlink_at_the_output_is_replaced_not_followed(tmp_path):
+def test_a_symlink_at_the_output_is_neither_followed_nor_replaced(tmp_path):
+    from prunequant_cli.errors import OutputError
+
     src = save(graphs.conv(), tmp_path / "in.onnx")
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     out = tmp_path / "out.onnx"
     out.symlink_to(victim)
-    compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    with pytest.raises(OutputError, match="is a symlink"):
+        compress(src, out, CompressConfig(bits=8), NO_EVAL)
     assert victim.read_text() == "keep me"
-    assert not out.is_symlink()
-    run_both(src, out)
+    assert out.is_symlink()
 
 
 def test_a_threshold_above_the_mean_share_is_called_out(tmp_path):

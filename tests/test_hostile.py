@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -118,14 +120,30 @@ def test_output_data_file_may_not_be_the_inputs(tmp_path):
     assert data.read_bytes() == digest
 
 
-def test_a_symlink_planted_at_the_output_is_not_followed(tmp_path):
+def test_a_symlink_planted_at_the_output_is_neither_followed_nor_replaced(tmp_path):
     model = _valid_model(tmp_path)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
     (tmp_path / "o.onnx").symlink_to(victim)
-    _assert_calm(_cli("compress", str(model), str(tmp_path / "o.onnx"), "--no-eval"), 0)
+    _assert_calm(_cli("compress", str(model), str(tmp_path / "o.onnx"), "--no-eval"), 6)
     assert victim.read_text() == "keep"
-    assert not (tmp_path / "o.onnx").is_symlink()
+    assert (tmp_path / "o.onnx").is_symlink()  # it may be a system's own (/dev/stdout)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_output_that_is_no_regular_file_is_not_replaced(tmp_path, kind):
+    model = _valid_model(tmp_path)
+    target = tmp_path / "target"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of its own
+    for args in (
+        ["compress", str(model), str(target), "--no-eval"],
+        ["compress", str(model), str(tmp_path / "o.onnx"), "--no-eval", "--report", str(target)],
+    ):
+        _assert_calm(_cli(*args), 6)
+        assert not stat.S_ISREG(target.lstat().st_mode)
 
 
 @pytest.mark.parametrize("folder", ["/proc", "/sys/kernel"])

@@ -380,7 +380,7 @@ def test_a_full_stdout_is_one_line_and_exit_6(work, supervised):
     with open("/dev/full", "w") as full:
         r = _pq(work, "--json", *limits, stdout=full)
     assert r.returncode == 6, r.stderr
-    assert r.stderr.strip() == (
+    assert r.stderr.strip().startswith(
         "prunequant: error: cannot write the result to stdout: No space left on device"
     )
 
@@ -580,3 +580,244 @@ def test_a_valid_zipmap_classifier_is_unsupported_not_invalid(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     r = run("compress", tmp_path / "m.onnx", tmp_path / "o.onnx")
     assert r.exit_code == 5 and "a valid model" in r.stderr, r.output
+
+
+def _only_at(tmp_path, side):
+    """A model with free height and width that only runs when both are ``side``."""
+    from helpers import FLOAT, make_model, rand, save, tensor
+    from onnx import helper
+
+    model = make_model(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])],
+        [("x", FLOAT, ["N", 3, "H", "W"])],
+        [("y", FLOAT, ["N", 8])],
+        [tensor("W", rand((3 * side * side, 8)))],
+    )
+    return save(model, tmp_path / "m.onnx")
+
+
+def test_free_sizes_are_tried_until_the_original_runs(tmp_path):
+    import json
+
+    src = _only_at(tmp_path, 32)  # 224, 320, 640 and 256 fail; 32 runs
+    r = run("compress", src, tmp_path / "o.onnx", "--bits", "8", "--json")
+    assert r.exit_code == 0, r.output
+    notes = json.loads(r.stdout)["evaluation"]["notes"]
+    assert any("x N×3×32×32" in n for n in notes), notes
+    run_both(src, tmp_path / "o.onnx", feeds={"x": rand_input((2, 3, 32, 32))})
+
+
+def rand_input(shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def test_an_original_that_runs_at_no_size_tried_is_still_compressed(tmp_path):
+    src = _only_at(tmp_path, 5)
+    r = run("compress", src, tmp_path / "o.onnx", "--bits", "8")
+    assert r.exit_code == 7, r.output
+    line = r.stderr.strip()
+    assert "every size tried" in line and "--input-shape NAME:DIMS" in line
+    assert "the compressed model was written" in line and len(line.splitlines()) == 1
+    run_both(src, tmp_path / "o.onnx", feeds={"x": rand_input((2, 3, 5, 5))})
+    given = run("compress", src, tmp_path / "o2.onnx", "--bits", "8", "--input-shape", "x:1x3x5x5")
+    assert given.exit_code == 0, given.output
+    # With a gate, the evaluation is the point: nothing is written.
+    gated = run("compress", src, tmp_path / "o3.onnx", "--bits", "8", "--min-cosine", "0.9")
+    assert gated.exit_code == 7 and not (tmp_path / "o3.onnx").exists()
+
+
+def _endless_loop(path):
+    """A model onnxruntime runs for ever (a Loop of 10^12 steps): a worker stuck in C."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    body = h.make_graph(
+        [h.make_node("Identity", ["c"], ["co"]), h.make_node("Add", ["v", "one"], ["vo"])],
+        "body",
+        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c", T.BOOL, []),
+         h.make_tensor_value_info("v", T.FLOAT, None)],
+        [h.make_tensor_value_info("co", T.BOOL, []), h.make_tensor_value_info("vo", T.FLOAT, None)],
+        [nh.from_array(np.array(1.0, np.float32), "one")],
+    )  # fmt: skip
+    loop = h.make_node("Loop", ["M", "C", "y"], ["z"], body=body)
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["x", "W"], ["y"]), loop],
+        "g",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+        [h.make_tensor_value_info("z", T.FLOAT, [1, 4])],
+        [nh.from_array(np.ones((4, 4), np.float32), "W"), nh.from_array(np.array(10**12), "M"),
+         nh.from_array(np.array(True), "C")],
+    )  # fmt: skip
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_worker_stuck_in_onnxruntime_dies_with_a_killed_caller(tmp_path):
+    src = _endless_loop(tmp_path / "loop.onnx")
+    proc = subprocess.Popen([EXE, "compress", str(src), str(tmp_path / "o.onnx")], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    workers = []
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        workers = _children(proc.pid)
+    time.sleep(3)  # well inside onnxruntime's run of the original
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20  # GRACE is 5 s
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers and not any(_alive(w) for w in workers), "the worker outlived its caller"
+
+
+def test_a_timed_out_run_leaves_another_runs_temporaries_alone(work, monkeypatch):
+    import time as clock
+
+    import prunequant_cli.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate.Comparison, "run", lambda self, c: clock.sleep(60))
+    monkeypatch.chdir(work)
+    other = work / ".old.onnx.1.abcd.tmp"  # another run's staging folder (pid 1)
+    other.mkdir()
+    r = run("compress", "m.onnx", "old.onnx", "--data", "d.npz", "--timeout", "4")
+    assert r.exit_code == 9, r.output
+    assert other.is_dir()
+    assert [p.name for p in work.iterdir() if p.name.startswith(".")] == [other.name]
+
+
+def test_a_signal_while_outputs_move_into_place_waits_until_all_have(tmp_path, monkeypatch):
+    from prunequant_cli.outputs import Staging
+    from prunequant_cli.supervise import Interrupted, catch_termination
+
+    finals = [tmp_path / f"f{i}" for i in range(3)]
+    staging = Staging()
+    for i, final in enumerate(finals):
+        staging.add_bytes(final, b"new %d" % i, "file")
+    real = os.replace
+    calls = []
+
+    def replace(a, b):
+        calls.append(b)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives between the first and second rename
+        real(a, b)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    catch_termination()
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        with pytest.raises(Interrupted):
+            staging.commit()
+            time.sleep(1)  # the signal is delivered once the renames are done
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert [f.read_bytes() for f in finals] == [b"new 0", b"new 1", b"new 2"]
+
+
+def test_an_npz_member_without_npy_suffix_is_not_what_is_read(tmp_path):
+    import io
+    import zipfile
+
+    data = np.load(CNN_DATA)
+    buf = io.BytesIO()
+    np.save(buf, data["input"])
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as zf:
+        zf.writestr("input.npy", buf.getvalue())
+        zf.writestr("input", b"not an array")  # numpy's NpzFile would read this one
+    r = run("compress", CNN, tmp_path / "o.onnx", "--data", tmp_path / "d.npz", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_code_in_the_working_folder_is_not_imported(work):
+    (work / "onnxruntime.py").write_text("open('PWNED', 'w').write('x')\n")
+    for args in (["compress", "m.onnx", "o.onnx", "--bits", "8", "-q"], ["inspect", "m.onnx"]):
+        done = subprocess.run([EXE, *args], cwd=work, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert not (work / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import sys\ndef f(r, c, l):\n    sys.exit(0)\n",
+        "import sys\nsys.exit(0)\ndef f(r, c, l):\n    return 1.0\n",
+        "import os\ndef f(r, c, l):\n    os._exit(0)\n",
+        "def f(r, c, l):\n    raise KeyboardInterrupt\n",
+        "def f(r, c, l):\n    return 10**400\n",
+        "def f(r, c, l):\n    return '1e308'\n",
+    ],
+)
+def test_a_metric_that_exits_or_returns_no_number_is_a_usage_error(work, monkeypatch, source):
+    monkeypatch.chdir(work)
+    (work / "task.py").write_text(source)
+    before = snapshot(work)
+    r = _pq(work, "--data", "d.npz", "--metric", "task.py:f", "--max-metric-drop", "0")
+    assert r.returncode == 2 and r.stderr.startswith("prunequant: error: "), r.stderr
+    assert snapshot(work) == before  # no model, no temporaries, no __pycache__
+    assert not (work / "__pycache__").exists()
+
+
+def test_a_metric_that_prints_leaves_the_json_alone(work):
+    (work / "task.py").write_text("def f(r, c, l):\n    print('chatter')\n    return 1.0\n")
+    r = _pq(work, "--data", "d.npz", "--metric", "task.py:f", "--json", stdout=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr
+    assert _strict_json(r.stdout)["evaluation"]["metric"]["original"] == 1.0
+    assert "chatter" in r.stderr
+
+
+def test_a_metric_module_is_a_file_read(work):
+    (work / "task.py").write_text("def f(r, c, l):\n    return 1.0\n")
+    env = {**os.environ, "PYTHONPATH": str(work)}
+    r = _pq(work, "--data", "d.npz", "--metric", "task:f", "--report", "task.py", env=env)
+    assert r.returncode == 6 and "--metric" in r.stderr, r.stderr
+    assert (work / "task.py").read_text().startswith("def f")
+
+
+@pytest.mark.parametrize("kind", ["hard link", "symlink", "odd name"])
+def test_a_self_contained_model_under_any_name_is_read(work, kind):
+    name = {"hard link": "hard.onnx", "symlink": "sym.onnx", "odd name": "a\nb.onnx"}[kind]
+    if kind == "hard link":
+        os.link(work / "m.onnx", work / name)
+    elif kind == "symlink":
+        (work / name).symlink_to(work / "m.onnx")
+    else:
+        shutil.copy(work / "m.onnx", work / name)
+    done = subprocess.run(
+        [EXE, "compress", name, "o.onnx", "--no-eval", "-q"], cwd=work, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run_both(work / "m.onnx", work / "o.onnx")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compress", "m.onnx", "o.onnx/"], "names a folder"),
+        (["compress", "m.onnx", "o.onnx", "--memory-limit", "50"], "too little to run"),
+        (["compress", "m.onnx", "o.onnx", "--output-kind", "probs:class", "--output-kind",
+          "probs:tensor"], "two kinds"),
+    ],
+)  # fmt: skip
+def test_more_command_lines_that_are_mistakes(work, monkeypatch, args, message):
+    monkeypatch.chdir(work)
+    r = run(*args)
+    assert r.exit_code == 2 and message in r.stderr, r.output
+
+
+def test_recipe_versions_are_integers(work, monkeypatch):
+    monkeypatch.chdir(work)
+    for version in ("1.0", "true"):
+        (work / "r.toml").write_text(
+            f'schema_version = {version}\n[tensors."conv1.weight"]\nbits = 8\n'
+        )
+        r = run("compress", "m.onnx", "o.onnx", "--recipe", "r.toml")
+        assert r.exit_code == 2 and "schema_version" in r.stderr, r.output
+
+
+def test_invisible_characters_are_shown_escaped():
+    from prunequant_cli.errors import safe_text
+
+    assert safe_text("a\u202eb\u200bc\ufeff") == "a\\u202eb\\u200bc\\ufeff"
