@@ -666,6 +666,12 @@ def main() -> None:
     help="At 4 bits and below, quantize the first and last layers too (by default the weights "
     "of layers that read a model input or write a model output keep 8 bits).",
 )
+@click.option(
+    "--strip",
+    is_flag=True,
+    help="Drop the doc strings and metadata of nodes, values and graphs that exporters leave "
+    "(the model's own metadata stays); the report says how many bytes that saved.",
+)
 @click.option("--no-quantize", is_flag=True, help="Prune only: keep the weights in floating point.")
 @click.option(
     "--exclude",
@@ -755,6 +761,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
                 opts["exclude"],
                 progress,
                 side=side,
+                strip=opts["strip"],
             )
             return _finish(report, opts)
         given = {
@@ -768,7 +775,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             )
             raise UsageError(f"{flag} is for a search: give a budget and no compression settings")
         if opts["recipe"] is not None:
-            clash = [n for n in explicit if n not in ("recipe", "bits", "keep_quantized")]
+            clash = [n for n in explicit if n not in ("recipe", "bits", "keep_quantized", "strip")]
             if clash:
                 flag = "--" + clash[0].replace("_", "-")
                 raise UsageError(
@@ -787,6 +794,7 @@ def compress(ctx: click.Context, model: Path, output: Path, **opts: Any) -> None
             bias_correction=opts["bias_correction"],
             rounding=opts["rounding"],
             all_layers=opts["all_layers"],
+            strip=opts["strip"],
             exclude=opts["exclude"],
         )
         if opts["recipe"] is not None:

@@ -51,6 +51,8 @@ class CompressConfig:
             too; by default their weights keep 8 bits (the layers that read a model input
             or write a model output through weightless ops, see
             ``selection.boundary_weights``).
+        strip: Drop the doc strings and metadata_props of nodes, values, graphs and
+            functions (not the model's own), which exporters fill.
         exclude: Name globs of weights to leave untouched.
         per_tensor: Settings for single weights by name (from a recipe or a
             search); their threshold, sparsity, bits and quant replace these.
@@ -67,6 +69,7 @@ class CompressConfig:
     bias_correction: bool = False
     rounding: str = "nearest"
     all_layers: bool = False
+    strip: bool = False
     exclude: tuple[str, ...] = ()
     per_tensor: Mapping[str, CompressConfig] = field(default_factory=dict)
 

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from rich.console import Console
 from rich.table import Table
 
+from prunequant_cli import metadata
 from prunequant_cli.encodings import META_SHARED, describe_encoding, read_meta
 from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, cell, fmt_bytes
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
@@ -81,6 +82,8 @@ class Inspection:
     shared_bytes: int = 0  # decoder constants shared by several weights (lookup tables)
     gzip_bytes: int | None = None  # the file(s) gzip-compressed: what a download costs
     session_rss: int | None = None  # resident memory of an onnxruntime session of the model
+    # doc strings and metadata_props: (all, the model's own), in bytes (see metadata.py)
+    metadata_bytes: tuple[int, int] = (0, 0)
 
     @property
     def summary(self) -> ModelSummary:
@@ -112,6 +115,11 @@ class Inspection:
                 "weight_float_bytes": sum(t.float_bytes for t in self.tensors if t.is_weight),
             },
             "tensors": [t.to_dict() for t in self.tensors],
+            "metadata_bytes": {
+                "total": self.metadata_bytes[0],
+                "model": self.metadata_bytes[1],
+                "strippable": self.metadata_bytes[0] - self.metadata_bytes[1],
+            },
             "meta": {"path": self.path, "session_rss_bytes": self.session_rss},
         }
 
@@ -304,7 +312,14 @@ def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection
         shared_bytes=sum(
             _nbytes(v) for v in {id(v): v for f in encoded for v in f.shared}.values()
         ),
+        metadata_bytes=(metadata.count(model).bytes, _model_level(model)),
     )
+
+
+def _model_level(model: ir.Model) -> int:
+    own = metadata.Annotations()
+    own.add(model)
+    return own.bytes
 
 
 def render_inspection(info: Inspection, console: Console) -> None:
@@ -319,6 +334,12 @@ def render_inspection(info: Inspection, console: Console) -> None:
         console.print(f"producer: {cell(info.producer)}")
     if info.session_rss:
         console.print(f"onnxruntime session memory: {fmt_bytes(info.session_rss)}")
+    total, own = info.metadata_bytes
+    if total:
+        console.print(
+            f"doc strings and metadata: {fmt_bytes(total)}, of which the model's own "
+            f"{fmt_bytes(own)} (--strip drops the other {fmt_bytes(total - own)})"
+        )
     io = Table(title="inputs and outputs", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
         io.add_column(col)

@@ -251,6 +251,7 @@ def search(
     progress: Progress | None = None,
     bias_correction: bool = True,
     side: SideFiles | None = None,
+    strip: bool = False,
 ) -> CompressReport:
     """Find per-weight settings for the smallest model within the quality budget, and write it.
 
@@ -319,7 +320,10 @@ def search(
     )
     del probe
     config = CompressConfig(
-        per_tensor=result.config.per_tensor, exclude=exclude, bias_correction=bias_correction
+        per_tensor=result.config.per_tensor,
+        exclude=exclude,
+        bias_correction=bias_correction,
+        strip=strip,
     )
     comment = f"chosen by a search for: {budget.words()}"
     staging = Staging()
@@ -594,6 +598,15 @@ def _compress_workspace(
             f"tensor(s) ({names}): a tensor's row shares sum to 1, so their mean is 1/rows "
             f"({1 / heavy[0].rows:.3g} for {heavy[0].name})"
         )
+    if config.strip:
+        from prunequant_cli import metadata
+
+        stripped = metadata.strip(ir_model)
+        notes.append(
+            f"--strip removed {stripped.doc_strings} doc string(s) and {stripped.properties} "
+            f"metadata entr{'y' if stripped.properties == 1 else 'ies'} "
+            f"({stripped.bytes:,} bytes)"
+        )
     progress.stage("writing")
     external = needs_external_data(ir_model, bool(in_external))
     staged = stage_model(ir_model, out, external, staging)
@@ -653,6 +666,7 @@ def _compress_workspace(
             "bias_correction": config.bias_correction,
             "rounding": config.rounding,
             "all_layers": config.all_layers,
+            "strip": config.strip,
             "granularity": (
                 "per_tensor"
                 if config.quant == "codebook"

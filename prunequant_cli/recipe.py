@@ -160,6 +160,7 @@ def read_recipe(path: Path, base: CompressConfig | None = None) -> CompressConfi
             where, "bias_correction", data.get("bias_correction", base.bias_correction), (bool,)
         ),
         keep_quantized=base.keep_quantized,
+        strip=base.strip,
         exclude=base.exclude,
         per_tensor={name: _tensor_config(name, t) for name, t in tensors.items()},
     )

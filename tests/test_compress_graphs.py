@@ -390,3 +390,66 @@ def test_large_native_int4_weights_are_written_and_read_back(tmp_path):
     compress(out, tmp_path / "again.onnx", CompressConfig(bits=8), NO_EVAL)
     assert_close_outputs(src, out, min_cosine=0.99)
     assert_close_outputs(out, tmp_path / "again.onnx", min_cosine=0.9999)
+
+
+def _annotated_model(path):
+    """A Gemm whose nodes (one inside an If branch) carry exporter doc strings and metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    note = "File model.py, line 12, in forward: " + "x" * 2000
+
+    def annotate(node):
+        node.doc_string = note
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "pkg.torch.onnx.stack_trace", note
+        return node
+
+    branch = helper.make_graph(
+        [annotate(helper.make_node("Relu", ["y"], ["z1"]))], "then", [],
+        [helper.make_tensor_value_info("z1", TensorProto.FLOAT, ["N", 16])],
+    )  # fmt: skip
+    other = helper.make_graph(
+        [annotate(helper.make_node("Neg", ["y"], ["z2"]))], "else", [],
+        [helper.make_tensor_value_info("z2", TensorProto.FLOAT, ["N", 16])],
+    )  # fmt: skip
+    nodes = [
+        annotate(helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)),
+        annotate(helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=other)),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor("W", TensorProto.FLOAT, [16, 32], rand((16, 32)).ravel())],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, {"author": "kept"})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_strip_drops_exporter_annotations_but_not_the_models_own(tmp_path):
+    import onnx
+
+    src = _annotated_model(tmp_path / "m.onnx")
+    before = inspect_model(src, session_memory=False).to_dict()["metadata_bytes"]
+    assert before["strippable"] > 4 * 4000 and before["model"] > 0
+    plain = compress(src, tmp_path / "plain.onnx", CompressConfig(bits=8), NO_EVAL)
+    stripped = compress(src, tmp_path / "s.onnx", CompressConfig(bits=8, strip=True), NO_EVAL)
+    saved = plain.compressed.file_bytes - stripped.compressed.file_bytes
+    assert saved >= before["strippable"]  # the bytes, and their framing
+    assert stripped.settings["strip"] is True
+    assert any(
+        "--strip removed 4 doc string(s) and 4 metadata entries" in n for n in stripped.notes
+    )
+    after = inspect_model(tmp_path / "s.onnx", session_memory=False).to_dict()["metadata_bytes"]
+    assert after == {"total": before["model"], "model": before["model"], "strippable": 0}
+    assert {p.key: p.value for p in onnx.load(tmp_path / "s.onnx").metadata_props} == {
+        "author": "kept"
+    }
+    feeds = {"x": rand((3, 32)), "c": np.array(True)}
+    a, b, _ = run_both(tmp_path / "plain.onnx", tmp_path / "s.onnx", feeds=feeds)
+    assert np.array_equal(a[0], b[0])
