@@ -271,6 +271,22 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def _input_value(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, float], ...]:
+    found = []
+    for text in values:
+        name, sep, number = text.rpartition(":")
+        try:
+            value = float(number)
+        except ValueError:
+            value = math.nan
+        if not sep or not name or not math.isfinite(value):
+            raise click.BadParameter(f"{text!r} is not NAME:VALUE with a finite number")
+        found.append((name, value))
+    return tuple(found)
+
+
 def _output_kind(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> tuple[tuple[str, str], ...]:
@@ -336,6 +352,15 @@ evaluation_options = _options(
         callback=_input_shape,
         metavar="NAME:DIMS",
         help="Fix an input's symbolic dimensions, e.g. images:1x3x224x224 (repeatable).",
+    ),
+    click.option(
+        "--input-value",
+        "input_values",
+        multiple=True,
+        callback=_input_value,
+        metavar="NAME:VALUE",
+        help="Without --data: fill an input with this value instead of random ones, e.g. "
+        "sr:16000 for a sample rate (repeatable).",
     ),
     click.option("--samples", type=click.IntRange(min=1), help="Evaluate on at most N samples."),
     click.option(
@@ -474,6 +499,7 @@ def _configs(opts: dict[str, Any], no_eval: bool) -> tuple[Any, Any]:
         threads=opts["threads"],
         seed=opts["seed"],
         input_shapes=opts["input_shapes"],
+        input_values=opts["input_values"],
         label_output=opts["label_output"],
         per_layer=opts["per_layer"],
         calibration_data=opts["calibration_data"],

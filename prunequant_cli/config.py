@@ -167,6 +167,8 @@ class EvalConfig:
         latency_runs: Timed runs per model (after warm-up) for the latency median.
         threads: onnxruntime intra-op threads, the same for both models.
         input_shapes: Fixed shapes for inputs with symbolic dimensions.
+        input_values: Without data, inputs filled with one value (a sample rate, a flag)
+            instead of random values.
         label_output: The output the labels refer to, when there are several.
         per_layer: Also measure the error each compressed weight introduces in
             its own layer's output.
@@ -187,6 +189,7 @@ class EvalConfig:
     latency_runs: int = 20
     threads: int = 1
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    input_values: tuple[tuple[str, float], ...] = ()
     label_output: str | None = None
     per_layer: bool = False
     calibration_data: Path | None = None
@@ -211,6 +214,8 @@ class EvalConfig:
             raise UsageError(f"latency runs must be at least 1, got {self.latency_runs}")
         if self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.input_values and (self.data is not None or self.calibration_data is not None):
+            raise UsageError("--input-value fills synthetic inputs: with --data, the data does")
         if self.per_layer and not self.enabled:
             raise UsageError("--per-layer measures in onnxruntime: drop --no-eval")
         if not 0 <= self.seed < 2**32:

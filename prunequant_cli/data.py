@@ -541,15 +541,29 @@ def size_attempts(specs: list[InputSpec]) -> list[list[InputSpec]]:
     return attempts
 
 
-def synthetic_dataset(specs: list[InputSpec], samples: int, seed: int) -> Dataset:
-    """Seeded inputs: the batch axis holds ``samples`` when free, other free dims are 1."""
+def synthetic_dataset(
+    specs: list[InputSpec], samples: int, seed: int, values: Mapping[str, float] | None = None
+) -> Dataset:
+    """Seeded inputs: the batch axis holds ``samples`` when free, other free dims are 1;
+    an input named in ``values`` holds that value everywhere."""
     rng = np.random.default_rng(seed)
+    values = values or {}
+    unknown = sorted(set(values) - {s.name for s in specs})
+    if unknown:
+        names = ", ".join(s.name for s in specs)
+        raise UsageError(
+            f"--input-value names no model input: {safe_text(unknown[0], 80)!r} "
+            f"(inputs: {safe_text(names)})"
+        )
     group = {}
     for spec in specs:
         shape = [d if d is not None else 1 for d in spec.shape]
         if spec.batch_axis is not None and spec.shape[spec.batch_axis] is None:
             shape[spec.batch_axis] = samples
         kind = np.dtype(spec.dtype).kind
+        if spec.name in values:
+            group[spec.name] = _filled(spec, shape, values[spec.name])
+            continue
         if kind == "f":
             a = rng.standard_normal(shape).astype(spec.dtype)
         elif kind == "b":
@@ -558,6 +572,15 @@ def synthetic_dataset(specs: list[InputSpec], samples: int, seed: int) -> Datase
             a = rng.integers(0, 2, shape).astype(spec.dtype)
         group[spec.name] = a
     return Dataset([group], {s.name: s.batch_axis for s in specs}, None, "synthetic")
+
+
+def _filled(spec: InputSpec, shape: list[int], value: float) -> np.ndarray:
+    dtype = np.dtype(spec.dtype)
+    if dtype.kind in "iub" and value != int(value):
+        raise UsageError(f"--input-value {safe_text(spec.name, 80)}: the input is {dtype}")
+    if dtype.kind in "iu" and not np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:
+        raise UsageError(f"--input-value {safe_text(spec.name, 80)}: {value:g} is outside {dtype}")
+    return np.full(shape, value, dtype=dtype)
 
 
 def split_indices(

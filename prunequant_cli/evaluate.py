@@ -370,7 +370,7 @@ class Comparison:
         attempts = size_attempts(specs)
         failure = ""
         for trial in attempts:
-            probe = synthetic_dataset(trial, 1, self.config.seed)
+            probe = synthetic_dataset(trial, 1, self.config.seed, dict(self.config.input_values))
             try:
                 run_batches(self.session, list(probe.batches(1, fixed_batch(trial))), "original")
             except EvaluationError as e:
@@ -409,7 +409,9 @@ class Comparison:
         if config.data is not None:
             data = load_dataset(config.data, self.specs)
         else:
-            data = synthetic_dataset(self.specs, config.synthetic_samples, config.seed)
+            data = synthetic_dataset(
+                self.specs, config.synthetic_samples, config.seed, dict(config.input_values)
+            )
             self.notes.append(
                 "no --data given: inputs are seeded random values, so quality is agreement "
                 "with the original model only, not accuracy"
@@ -432,7 +434,9 @@ class Comparison:
             self.calibration_info = None
             return data, None
         if config.data is None:
-            calibration = synthetic_dataset(self.specs, config.synthetic_samples, config.seed + 1)
+            calibration = synthetic_dataset(
+                self.specs, config.synthetic_samples, config.seed + 1, dict(config.input_values)
+            )
             self.calibration_info = {
                 "source": "synthetic",
                 "samples": calibration.samples,

@@ -821,3 +821,35 @@ def test_invisible_characters_are_shown_escaped():
     from prunequant_cli.errors import safe_text
 
     assert safe_text("a\u202eb\u200bc\ufeff") == "a\\u202eb\\u200bc\\ufeff"
+
+
+def test_an_input_value_lets_a_model_run_that_random_values_cannot(tmp_path):
+    """A sample-rate input that shapes the computation: random small integers break it."""
+    from helpers import FLOAT, make_model, rand, save, tensor
+    from onnx import TensorProto, helper
+
+    model = make_model(
+        [
+            helper.make_node("Div", ["sr", "k"], ["width"]),
+            helper.make_node("Concat", ["minus1", "width"], ["shape"], axis=0),
+            helper.make_node("Reshape", ["x", "shape"], ["xr"], allowzero=1),
+            helper.make_node("MatMul", ["xr", "W"], ["y"]),
+        ],
+        [("x", FLOAT, ["N", 16]), ("sr", TensorProto.INT64, [1])],
+        [("y", FLOAT, ["M", 8])],
+        [tensor("W", rand((16, 8))), tensor("k", np.array([1000], np.int64)),
+         tensor("minus1", np.array([-1], np.int64))],
+    )  # fmt: skip
+    src = save(model, tmp_path / "m.onnx")
+    r = run("compress", src, tmp_path / "o.onnx", "--min-cosine", "0.9")
+    assert r.exit_code == 7, r.output  # sr of 0 or 1: a reshape to width 0
+    r = run(
+        "compress", src, tmp_path / "o.onnx", "--min-cosine", "0.9", "--input-value", "sr:16000"
+    )
+    assert r.exit_code == 0, r.output
+    feeds = {"x": rand_input((4, 16)), "sr": np.array([16000], np.int64)}
+    run_both(src, tmp_path / "o.onnx", feeds=feeds)
+    for bad, message in (("sr:16000.5", "the input is int64"), ("nope:1", "names no model input"),
+                         ("sr:nan", "finite number")):  # fmt: skip
+        r = run("compress", src, tmp_path / "o2.onnx", "--input-value", bad)
+        assert r.exit_code == 2 and message in r.stderr, r.output
