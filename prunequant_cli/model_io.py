@@ -191,23 +191,26 @@ def _checkable(proto: onnx.ModelProto) -> onnx.ModelProto:
     return check
 
 
-def densify_sparse_initializers(proto: onnx.ModelProto) -> list[str]:
+def densify_sparse_initializers(proto: onnx.ModelProto, folder: Path | None = None) -> list[str]:
     """Turn every ``sparse_initializer`` into a dense initializer; return their names.
 
     onnx_ir does not carry sparse initializers, and onnxruntime densifies them at
-    load anyway; prunequant then stores the zeros its own way (a bitmask).
+    load anyway; prunequant then stores the zeros its own way (a bitmask). Values or
+    indices in external data are read from ``folder`` (the model's), under the rules of
+    any external data (``_contained``: inside the folder, no links).
     """
     names = []
     for graph in _graph_protos(proto.graph):
         for sparse in graph.sparse_initializer:
             values, indices = sparse.values, sparse.indices
-            if any(
-                t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
-                for t in (values, indices)
-            ):
-                raise UnsupportedModelError(
-                    f"sparse initializer {safe_text(values.name)} keeps its data in another file"
-                )
+            for t in (values, indices):
+                if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+                    if folder is None:
+                        raise UnsupportedModelError(
+                            f"sparse initializer {safe_text(values.name)} keeps its data in "
+                            "another file, and the model has no folder"
+                        )
+                    _read_inline(t, folder)
             dims = tuple(int(d) for d in sparse.dims)
             vals = onnx.numpy_helper.to_array(values).reshape(-1)
             idx = onnx.numpy_helper.to_array(indices).astype(np.int64)
@@ -225,6 +228,26 @@ def densify_sparse_initializers(proto: onnx.ModelProto) -> list[str]:
             names.append(values.name)
         del graph.sparse_initializer[:]
     return names
+
+
+def _read_inline(tensor: onnx.TensorProto, folder: Path) -> None:
+    """Bring a small tensor's external data into the tensor itself (checked like any)."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    path = _contained(folder, entries.get("location", ""))
+    count = int(np.prod(tuple(tensor.dims), dtype=np.int64)) if tensor.dims else 1
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    offset = int(entries.get("offset", 0))
+    length = int(entries.get("length", count * itemsize))
+    if length != count * itemsize or offset + length > path.stat().st_size:
+        raise InvalidModelError(
+            f"tensor {safe_text(tensor.name)} does not match its external data range"
+        )
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = data
 
 
 def _contained(base: Path, location: str) -> Path:
@@ -331,7 +354,7 @@ def load_model(path: Path) -> LoadedModel:
     except OSError as e:
         raise InputError(f"cannot read {safe_text(path)}: {e.strerror}") from None
     validate.check_model(proto)  # before anything is allocated for the model's tensors
-    densified = densify_sparse_initializers(proto)
+    densified = densify_sparse_initializers(proto, path.parent)
     try:
         onnx.checker.check_model(_checkable(proto))
     except (onnx.checker.ValidationError, ValueError, RecursionError) as e:

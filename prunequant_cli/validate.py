@@ -232,8 +232,8 @@ def check_model(model: onnx.ModelProto) -> None:
             names.add(t.name)
             check_tensor(t, "initializer")
         for sparse in graph.sparse_initializer:
-            check_tensor(sparse.values, "sparse initializer", external_ok=False)
-            check_tensor(sparse.indices, "sparse initializer indices", external_ok=False)
+            check_tensor(sparse.values, "sparse initializer")
+            check_tensor(sparse.indices, "sparse initializer indices")
             count = math.prod(sparse.dims) if sparse.dims else 1
             if any(d < 0 for d in sparse.dims) or count > MAX_ELEMENTS:
                 raise ResourceError(

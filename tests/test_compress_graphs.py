@@ -8,7 +8,7 @@ import graphs
 import numpy as np
 import onnx
 import pytest
-from helpers import FLOAT, assert_close_outputs, make_model, rand, run_both, save, tensor
+from helpers import FLOAT, assert_close_outputs, make_model, rand, run_both, save, session, tensor
 from onnx import helper
 
 from prunequant_cli import CompressConfig, EvalConfig, compress, inspect_model
@@ -453,3 +453,33 @@ def test_strip_drops_exporter_annotations_but_not_the_models_own(tmp_path):
     feeds = {"x": rand((3, 32)), "c": np.array(True)}
     a, b, _ = run_both(tmp_path / "plain.onnx", tmp_path / "s.onnx", feeds=feeds)
     assert np.array_equal(a[0], b[0])
+
+
+def test_a_sparse_initializer_with_external_data_in_the_folder_is_read(tmp_path):
+    w = rand((32, 16), 1)
+    w[np.random.default_rng(2).random(w.shape) < 0.9] = 0
+    flat = np.flatnonzero(w)
+    values = tensor("W", w.reshape(-1)[flat])
+    (tmp_path / "w.bin").write_bytes(b"\0" * 8 + values.raw_data)  # at offset 8
+    values.ClearField("raw_data")
+    values.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "w.bin"), ("offset", "8"), ("length", str(4 * flat.size))):
+        entry = values.external_data.add()
+        entry.key, entry.value = key, value
+    sparse = helper.make_sparse_tensor(values, tensor("W_idx", flat.astype(np.int64)), [32, 16])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "sparse",
+        [helper.make_tensor_value_info("x", FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", FLOAT, ["N", 16])],
+        sparse_initializer=[sparse],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), EvalConfig(latency_runs=1))
+    assert [t.name for t in report.tensors] == ["W"]
+    assert report.evaluation.outputs[0].cosine > 0.999
+    x = rand((3, 32), 4)
+    (y,) = session(out).run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ w, rtol=0.02, atol=0.02)
