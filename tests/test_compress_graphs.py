@@ -369,6 +369,12 @@ def test_weights_in_constant_nodes_inside_if_branches(tmp_path):
     report = compress(src, out, CompressConfig(bits=4), NO_EVAL)
     assert sorted(t.name for t in report.tensors) == ["W_else", "W_then"]
     assert any("Constant nodes" in n for n in report.notes)
+    # inspect finds them compressed inside their branches, and counts them as weights
+    shown = {t.name: t for t in inspect_model(out, session_memory=False).tensors}
+    for name, graph in (("W_then", "then"), ("W_else", "else")):
+        assert shown[name].is_weight and shown[name].graph == graph
+        assert shown[name].encoding not in ("float", "other")
+    assert inspect_model(out, session_memory=False).to_dict()["totals"]["weights"] == 2
     for flag in (True, False):
         assert_close_outputs(src, out, {"x": rand((3, 4), 5), "c": np.array(flag)}, 0.97)
 
