@@ -20,7 +20,7 @@ from prunequant_cli.config import CompressConfig
 from prunequant_cli.encodings import Payload
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.report import TensorRecord
-from prunequant_cli.selection import WeightSite, classify, dims
+from prunequant_cli.selection import FLOAT_TYPES, WeightSite, classify, dims
 
 
 def _zeros(a: np.ndarray) -> int:
@@ -86,6 +86,158 @@ class LiftWeightConstantsPass(ir.passes.InPlacePass):
                 graph.register_initializer(lifted)
                 self.lifted.append(out.name or "")
         return ir.passes.PassResult(model, modified=bool(self.lifted))
+
+
+class UncarryLoopConstantsPass(ir.passes.InPlacePass):
+    """Constants a Loop carries unchanged through its iterations are read from outside.
+
+    Some exporters pass a recurrent decoder's weights into a Loop as loop-carried state that
+    the body returns as it came (the table model of the real-model kit: 8 such slots, 2.2 MB
+    of its weights). As state they are values of each iteration, not constants, so they
+    cannot be compressed. When a slot's initial value is a constant, the body returns the
+    slot's input unchanged (directly or through Identity) and nothing reads the Loop's final
+    value of it, the body reads the constant from the outer scope instead and the slot is
+    dropped: the same computation, with the weight where compression can reach it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uncarried: list[str] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for graph in list(model.graphs()):
+            for node in list(graph):
+                if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
+                    self._uncarry(graph, node)
+        return ir.passes.PassResult(model, modified=bool(self.uncarried))
+
+    def _uncarry(self, graph: ir.Graph, node: ir.Node) -> None:
+        attr = node.attributes.get("body")
+        if attr is None or len(node.inputs) < 3:
+            return
+        body = attr.as_graph()
+        carried = len(node.inputs) - 2
+        if len(body.inputs) != carried + 2 or len(body.outputs) < carried + 1:
+            return
+        drop = [k for k in range(carried) if self._constant_slot(node, body, k)]
+        if not drop:
+            return
+        passes = []  # the Identity nodes that returned a slot unchanged
+        for k in reversed(drop):
+            slot_in, slot_out = body.inputs.pop(2 + k), body.outputs.pop(1 + k)
+            if slot_out is not slot_in:
+                passes.append(slot_out.producer())
+            slot_in.replace_all_uses_with(node.inputs[2 + k])  # type: ignore[arg-type]
+        for through in passes:
+            body.remove(through, safe=True)  # type: ignore[arg-type]
+        kept = [k for k in range(len(node.outputs)) if k not in drop]
+        inputs = [node.inputs[0], node.inputs[1]]
+        inputs += [node.inputs[2 + k] for k in range(carried) if k not in drop]
+        replacement = ir.Node(
+            node.domain, "Loop", inputs, [attr], num_outputs=len(kept), name=node.name
+        )
+        for new, k in zip(replacement.outputs, kept, strict=True):
+            old = node.outputs[k]
+            new.type, new.shape = old.type, old.shape
+            old.replace_all_uses_with(new, replace_graph_outputs=True)
+            name, old.name = old.name, None
+            new.name = name
+        for k in drop:
+            self.uncarried.append(node.inputs[2 + k].name or "")  # type: ignore[union-attr]
+        graph.insert_before(node, replacement)
+        graph.remove(node, safe=True)
+
+    @staticmethod
+    def _constant_slot(node: ir.Node, body: ir.Graph, k: int) -> bool:
+        """Whether loop-carried slot ``k`` holds a float constant the body never changes."""
+        init, final = node.inputs[2 + k], node.outputs[k]
+        if init is None or final.uses() or final.is_graph_output():
+            return False
+        producer = init.producer()
+        constant = init.const_value is not None or (
+            producer is not None
+            and producer.op_type == "Constant"
+            and producer.domain in ("", "ai.onnx")
+            and "value" in producer.attributes
+        )
+        tensor = (
+            init.const_value
+            if init.const_value is not None
+            else producer.attributes["value"].as_tensor()  # type: ignore[union-attr]
+            if constant
+            else None
+        )
+        if tensor is None or tensor.dtype not in FLOAT_TYPES or init.is_graph_input():
+            return False
+        slot_in, slot_out = body.inputs[2 + k], body.outputs[1 + k]
+        if slot_out is slot_in:
+            return slot_in not in body.outputs[: 1 + k] and body.outputs.count(slot_in) == 1
+        through = slot_out.producer()
+        return (
+            through is not None
+            and through.op_type == "Identity"
+            and through.inputs[0] is slot_in
+            and not slot_out.uses()
+            and body.outputs.count(slot_out) == 1
+        )
+
+
+class FoldWeightTransposesPass(ir.passes.InPlacePass):
+    """A Transpose whose input is a float constant that nothing else reads becomes the
+    transposed constant (what onnxruntime folds at load anyway), so that a weight stored
+    transposed (a recurrent decoder's, read through a Transpose in a Loop body) is a weight
+    compression can reach. The constant lives where the original did; the Transpose's
+    readers, in whatever graph, read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded: list[str] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for graph in list(model.graphs()):
+            for node in list(graph):
+                if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+                    self._fold(graph, node)
+        return ir.passes.PassResult(model, modified=bool(self.folded))
+
+    def _fold(self, graph: ir.Graph, node: ir.Node) -> None:
+        source = node.inputs[0] if node.inputs else None
+        out = node.outputs[0]
+        if source is None or not out.name or out.is_graph_output() or len(source.uses()) != 1:
+            return
+        if source.is_graph_input() or source.is_graph_output():
+            return
+        producer = source.producer()
+        if source.const_value is not None and producer is None:
+            home, tensor = source.graph, source.const_value
+        elif (
+            producer is not None
+            and producer.op_type == "Constant"
+            and producer.domain in ("", "ai.onnx")
+            and set(producer.attributes) == {"value"}
+        ):
+            home, tensor = producer.graph, producer.attributes["value"].as_tensor()
+        else:
+            return
+        if home is None or tensor.dtype not in FLOAT_TYPES or not isinstance(home, ir.Graph):
+            return
+        array = tensor.numpy()
+        perm_attr = node.attributes.get("perm")
+        perm = list(perm_attr.as_ints()) if perm_attr is not None else None
+        folded = ir.Value(
+            name=out.name,
+            shape=ir.Shape(np.transpose(array, perm).shape),
+            type=ir.TensorType(tensor.dtype),
+            const_value=ir.Tensor(np.ascontiguousarray(np.transpose(array, perm)), name=out.name),
+        )
+        out.replace_all_uses_with(folded)
+        graph.remove(node, safe=True)
+        if producer is not None:
+            home.remove(producer, safe=True)
+        elif source.name in home.initializers:
+            home.initializers.pop(source.name)  # type: ignore[arg-type]
+        home.register_initializer(folded)
+        self.folded.append(out.name)
 
 
 class _WeightPass(ir.passes.InPlacePass):

@@ -38,11 +38,13 @@ from prunequant_cli.model_io import (
 )
 from prunequant_cli.outputs import SideFiles, Staging, check_paths, metric_file
 from prunequant_cli.passes import (
+    FoldWeightTransposesPass,
     LiftWeightConstantsPass,
     PrunePass,
     QuantizePass,
     ReleaseInitializerInputsPass,
     RemoveUnusedInitializersPass,
+    UncarryLoopConstantsPass,
 )
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.report import CompressReport, Evaluation, ModelSummary, TensorRecord
@@ -130,6 +132,20 @@ def _prepare(ir_model: ir.Model, densified: list[str]) -> list[str]:
         )
     release = ReleaseInitializerInputsPass()
     release(ir_model)
+    uncarry = UncarryLoopConstantsPass()
+    uncarry(ir_model)
+    if uncarry.uncarried:
+        notes.append(
+            f"{len(uncarry.uncarried)} weight(s) a Loop carried unchanged through its iterations "
+            "are read by its body directly, so they can be compressed"
+        )
+    fold = FoldWeightTransposesPass()
+    fold(ir_model)
+    if fold.folded:
+        notes.append(
+            f"{len(fold.folded)} weight(s) read through a Transpose were stored transposed, "
+            "so they can be compressed"
+        )
     lift = LiftWeightConstantsPass()
     lift(ir_model)
     if lift.lifted:

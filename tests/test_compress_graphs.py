@@ -489,3 +489,66 @@ def test_a_sparse_initializer_with_external_data_in_the_folder_is_read(tmp_path)
     x = rand((3, 32), 4)
     (y,) = session(out).run(None, {"x": x})
     np.testing.assert_allclose(y, x @ w, rtol=0.02, atol=0.02)
+
+
+def _loop_carrying(weight_as_constant: bool, through_identity: bool):
+    """h ← tanh(h·W) three times, W handed to the Loop as state its body returns unchanged."""
+    body_nodes = [
+        helper.make_node("MatMul", ["h_in", "w_in"], ["hw"]),
+        helper.make_node("Tanh", ["hw"], ["h_out"]),
+        helper.make_node("Identity", ["c_in"], ["c_out"]),
+    ]
+    w_out = "w_in"
+    if through_identity:
+        body_nodes.append(helper.make_node("Identity", ["w_in"], ["w_out"]))
+        w_out = "w_out"
+    body = helper.make_graph(
+        body_nodes,
+        "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("w_in", FLOAT, [16, 16])],
+        [helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", FLOAT, ["N", 16]),
+         helper.make_tensor_value_info(w_out, FLOAT, [16, 16])],
+    )  # fmt: skip
+    w = rand((16, 16), 3) / 4
+    nodes, inits = [], [tensor("M", np.array(3, np.int64)), tensor("C", np.array(True))]
+    if weight_as_constant:
+        nodes.append(helper.make_node("Constant", [], ["W"], value=tensor("W", w)))
+    else:
+        inits.append(tensor("W", w))
+    nodes.append(helper.make_node("Loop", ["M", "C", "x", "W"], ["h", "W_final"], body=body))
+    return make_model(nodes, [("x", FLOAT, ["N", 16])], [("h", FLOAT, ["N", 16])], inits)
+
+
+@pytest.mark.parametrize(("constant", "identity"), [(True, False), (False, True)])
+def test_weights_a_loop_carries_unchanged_are_compressed(tmp_path, constant, identity):
+    src = save(_loop_carrying(constant, identity), tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), EvalConfig(latency_runs=1))
+    assert [t.name for t in report.tensors] == ["W"]
+    assert any("a Loop carried unchanged" in n for n in report.notes)
+    assert report.evaluation.outputs[0].cosine > 0.9999
+    assert_close_outputs(src, out, min_cosine=0.9999)
+    loop = next(n for n in onnx.load(out).graph.node if n.op_type == "Loop")
+    assert len(loop.input) == 3 and len(loop.output) == 1  # the weight's slot is gone
+
+
+def test_a_weight_read_through_a_transpose_is_stored_transposed_and_compressed(tmp_path):
+    w = rand((16, 32), 5)  # stored [out, in], read through Transpose by a MatMul
+    model = make_model(
+        [helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "Wt"], ["y"])],
+        [("x", FLOAT, ["N", 32])],
+        [("y", FLOAT, ["N", 16])],
+        [tensor("W", w)],
+    )  # fmt: skip
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), EvalConfig(latency_runs=1))
+    assert [t.name for t in report.tensors] == ["Wt"]
+    assert any("read through a Transpose" in n for n in report.notes)
+    assert_close_outputs(src, out, min_cosine=0.9999)
+    assert "Transpose" not in {n.op_type for n in onnx.load(out).graph.node}
