@@ -32,7 +32,7 @@ process tree.
 Usage: ``python bench/bench_real.py [--models a,b] [--modes bits8,bits4,gptq4,search]``.
 Environment: ``PRUNEQUANT_REALMODELS`` (kit cache, default ``~/.cache/prunequant/realmodels``),
 ``PRUNEQUANT_SHARED`` (default: ``shared/`` next to the repository),
-``PRUNEQUANT_BENCH_TIME_BUDGET`` (search ``--time-budget``, default 240 s),
+``PRUNEQUANT_BENCH_TIME_BUDGET`` (search ``--time-budget``, default 600 s, the tool's own),
 ``PRUNEQUANT_BENCH_METRIC_DROP`` (search ``--max-metric-drop``, default 0.02). The first two
 are passed on to prunequant's processes, where ``real_metrics.py`` reads them.
 Writes ``build/bench_real.json``; the Markdown tables go to stdout, progress to stderr.
@@ -459,7 +459,7 @@ def main() -> None:
     os.environ["PRUNEQUANT_REALMODELS"] = str(cache)
     os.environ["PRUNEQUANT_SHARED"] = str(src.parent)
     out_of_sample = has_calibration_flag(pq) and not args.in_sample
-    budget = os.environ.get("PRUNEQUANT_BENCH_TIME_BUDGET", "240")
+    budget = os.environ.get("PRUNEQUANT_BENCH_TIME_BUDGET", "600")
 
     t0 = time.perf_counter()
     # Every model's split, so that the held-out kit is complete whatever --models says.
