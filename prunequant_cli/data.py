@@ -521,13 +521,14 @@ def size_attempts(specs: list[InputSpec]) -> list[list[InputSpec]]:
     free = free_dimensions(specs)
     if not free:
         return [specs]
+
+    def nth(sizes: tuple[int, ...], k: int) -> int:
+        return sizes[min(k, len(sizes) - 1)]  # the last size once a list runs out
+
     attempts = []
     for k in range(max(len(IMAGE_SIZES), len(SEQUENCE_SIZES))):
         size = {
-            key: (IMAGE_SIZES if image else SEQUENCE_SIZES)[
-                min(k, len(IMAGE_SIZES if image else SEQUENCE_SIZES) - 1)
-            ]
-            for key, image in free.items()
+            key: nth(IMAGE_SIZES if image else SEQUENCE_SIZES, k) for key, image in free.items()
         }
         trial = []
         for spec in specs:

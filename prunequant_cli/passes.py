@@ -52,6 +52,17 @@ class ReleaseInitializerInputsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=True)
 
 
+def _standard_nodes(model: ir.Model, op_type: str) -> list[tuple[ir.Graph, ir.Node]]:
+    """(graph, node) for every standard-domain ``op_type`` node of every graph, listed
+    before any is changed (the passes below remove and insert nodes)."""
+    return [
+        (graph, node)
+        for graph in list(model.graphs())
+        for node in list(graph)
+        if node.op_type == op_type and node.domain in ("", "ai.onnx")
+    ]
+
+
 class LiftWeightConstantsPass(ir.passes.InPlacePass):
     """Constant nodes that hold weights become initializers, so they can be compressed.
 
@@ -64,27 +75,24 @@ class LiftWeightConstantsPass(ir.passes.InPlacePass):
         self.lifted: list[str] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
-                    continue
-                attr = node.attributes.get("value")
-                if attr is None or len(node.attributes) != 1 or not node.outputs[0].name:
-                    continue
-                tensor = attr.as_tensor()
-                out = node.outputs[0]
-                if isinstance(classify(out, tensor), str):
-                    continue
-                lifted = ir.Value(
-                    name=out.name,
-                    shape=ir.Shape(dims(tensor)),
-                    type=ir.TensorType(tensor.dtype),
-                    const_value=tensor,
-                )
-                out.replace_all_uses_with(lifted)
-                graph.remove(node, safe=True)
-                graph.register_initializer(lifted)
-                self.lifted.append(out.name or "")
+        for graph, node in _standard_nodes(model, "Constant"):
+            attr = node.attributes.get("value")
+            if attr is None or len(node.attributes) != 1 or not node.outputs[0].name:
+                continue
+            tensor = attr.as_tensor()
+            out = node.outputs[0]
+            if isinstance(classify(out, tensor), str):
+                continue
+            lifted = ir.Value(
+                name=out.name,
+                shape=ir.Shape(dims(tensor)),
+                type=ir.TensorType(tensor.dtype),
+                const_value=tensor,
+            )
+            out.replace_all_uses_with(lifted)
+            graph.remove(node, safe=True)
+            graph.register_initializer(lifted)
+            self.lifted.append(out.name or "")
         return ir.passes.PassResult(model, modified=bool(self.lifted))
 
 
@@ -105,10 +113,8 @@ class UncarryLoopConstantsPass(ir.passes.InPlacePass):
         self.uncarried: list[str] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for graph in list(model.graphs()):
-            for node in list(graph):
-                if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):
-                    self._uncarry(graph, node)
+        for graph, node in _standard_nodes(model, "Loop"):
+            self._uncarry(graph, node)
         return ir.passes.PassResult(model, modified=bool(self.uncarried))
 
     def _uncarry(self, graph: ir.Graph, node: ir.Node) -> None:
@@ -194,10 +200,8 @@ class FoldWeightTransposesPass(ir.passes.InPlacePass):
         self.folded: list[str] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        for graph in list(model.graphs()):
-            for node in list(graph):
-                if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
-                    self._fold(graph, node)
+        for graph, node in _standard_nodes(model, "Transpose"):
+            self._fold(graph, node)
         return ir.passes.PassResult(model, modified=bool(self.folded))
 
     def _fold(self, graph: ir.Graph, node: ir.Node) -> None:

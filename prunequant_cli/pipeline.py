@@ -249,9 +249,9 @@ def _deliver(report: CompressReport, staging: Staging, side: SideFiles | None) -
     """Stage the files rendered from the finished report beside the model, then move all of
     them into place: the run succeeded (a failed gate is a result, and is delivered too)."""
     if side is not None and side.render is not None:
+        what = {path: flag for flag, path in side.writes}
         for path, data in side.render(report).items():
-            what = {p: w for w, p in side.writes}.get(path, "file")
-            staging.add_bytes(path, data, what)
+            staging.add_bytes(path, data, what.get(path, "file"))
     staging.commit()
     return report
 

@@ -306,6 +306,18 @@ def test_float16_where_whole_model_converters_break(tmp_path):
         np.testing.assert_allclose(yb[0], ya[0], rtol=2e-3, atol=2e-3)
 
 
+def _sparse_matmul(sparse):
+    """y = x·W for a [32, 16] W held as ``sparse``."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "sparse",
+        [helper.make_tensor_value_info("x", FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", FLOAT, ["N", 16])],
+        sparse_initializer=[sparse],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 @pytest.mark.parametrize("coordinates", [False, True])
 def test_sparse_initializers_are_read_and_compressed(tmp_path, coordinates):
     w = rand((32, 16), 1)
@@ -315,14 +327,7 @@ def test_sparse_initializers_are_read_and_compressed(tmp_path, coordinates):
     sparse = helper.make_sparse_tensor(
         tensor("W", w.reshape(-1)[flat]), tensor("W_idx", idx.astype(np.int64)), list(w.shape)
     )
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "sparse",
-        [helper.make_tensor_value_info("x", FLOAT, ["N", 32])],
-        [helper.make_tensor_value_info("y", FLOAT, ["N", 16])],
-        sparse_initializer=[sparse],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = _sparse_matmul(sparse)
     onnx.checker.check_model(model)
     src = save(model, tmp_path / "in.onnx")
     out = tmp_path / "out.onnx"
@@ -473,14 +478,7 @@ def test_a_sparse_initializer_with_external_data_in_the_folder_is_read(tmp_path)
         entry = values.external_data.add()
         entry.key, entry.value = key, value
     sparse = helper.make_sparse_tensor(values, tensor("W_idx", flat.astype(np.int64)), [32, 16])
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "sparse",
-        [helper.make_tensor_value_info("x", FLOAT, ["N", 32])],
-        [helper.make_tensor_value_info("y", FLOAT, ["N", 16])],
-        sparse_initializer=[sparse],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = _sparse_matmul(sparse)
     src = save(model, tmp_path / "in.onnx")
     out = tmp_path / "out.onnx"
     report = compress(src, out, CompressConfig(bits=8), EvalConfig(latency_runs=1))
