@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -204,15 +203,14 @@ class Staging:
     def commit(self) -> None:
         """Move every staged file into place (the run succeeded), all or none as far as a
         signal goes: SIGINT, SIGTERM and SIGHUP wait until the last rename is done."""
-        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
-            for staged, final in self.moves:
-                os.replace(staged, final)
-        except OSError as e:
-            raise OutputError(f"cannot write {safe_text(final)}: {e.strerror or e}") from None
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        from prunequant_cli.supervise import uninterrupted
+
+        with uninterrupted():
+            try:
+                for staged, final in self.moves:
+                    os.replace(staged, final)
+            except OSError as e:
+                raise OutputError(f"cannot write {safe_text(final)}: {e.strerror or e}") from None
         for parent in sorted({final.parent for _, final in self.moves}):
             with contextlib.suppress(OSError):
                 dir_fd = os.open(parent, os.O_RDONLY)

@@ -24,8 +24,9 @@ import resource
 import selectors
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,34 @@ def catch_termination() -> None:
         signal.signal(sig, _raise_interrupted)
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP that arrive inside take effect only when it ends, as they
+    would have (the handler they would have met is called then, or the default action
+    carried out). A signal mask would not do: the kernel may hand a process signal to any
+    thread (onnxruntime's, the parent watch), and Python runs its handler in the main
+    thread all the same. Only in the main thread, where handlers can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            handler = previous[signal.Signals(pending[0])]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
+
+
 def _die_with_parent(parent: int) -> None:
     """End this process when ``parent`` dies: the kernel sends SIGTERM (Linux), which
     Python answers by unwinding, and a watching thread arms SIGALRM (whose default action
@@ -72,8 +101,6 @@ def _die_with_parent(parent: int) -> None:
         signal.setitimer(signal.ITIMER_REAL, GRACE)
         with contextlib.suppress(OSError):
             os.kill(os.getpid(), signal.SIGTERM)
-
-    import threading
 
     threading.Thread(target=watch, name="prunequant-parent-watch", daemon=True).start()
 
