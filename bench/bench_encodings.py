@@ -26,7 +26,7 @@ from common import print_table, session
 from onnx import TensorProto, helper, numpy_helper
 
 from prunequant_cli import CompressConfig, EvalConfig, compress
-from prunequant_cli.evaluate import session_rss
+from prunequant_cli.evaluate import SessionCost, session_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 4096
@@ -94,28 +94,45 @@ def bench(name: str, make, tmp: Path, runs: int) -> list[list[str]]:
     for opset in (17, 21):
         sources[opset] = tmp / f"{name}_opset{opset}.onnx"
         onnx.save(make(opset), sources[opset])
-    base_rss = {opset: session_rss(str(p), 1) for opset, p in sources.items()}
-    rows.append([name, "fp32 (original)", "1.000", "1.00", "1.00", f"{base_rss[17] / 2**20:.1f}"])
+    base = {opset: session_cost(str(p), 1) for opset, p in sources.items()}
+    rows.append([name, "fp32 (original)", "1.000", "1.00", "1.00", *_session(base[17], base[17])])
     for label, config, opset in VARIANTS:
         src, out = sources[opset], tmp / f"{name}_{label.replace(' ', '_')}.onnx"
         report = compress(src, out, config, EvalConfig(enabled=False))
         encodings = sorted({t.encoding or "float" for t in report.tensors})
         b1 = latency_ratio(src, out, feed_for(src, 1), runs)
         b32 = latency_ratio(src, out, feed_for(src, 32), max(5, runs // 3))
-        rss = session_rss(str(out), 1)
-        rss_text = "?" if rss is None else f"{rss / 2**20:.1f}"
         ratio = f"{report.ratio:.3f}"
         rows.append(
-            [name, f"{label} [{', '.join(encodings)}]", ratio, f"{b1:.2f}", f"{b32:.2f}", rss_text]
+            [
+                name,
+                f"{label} [{', '.join(encodings)}]",
+                ratio,
+                f"{b1:.2f}",
+                f"{b32:.2f}",
+                *_session(session_cost(str(out), 1), base[opset]),
+            ]
         )
     return rows
+
+
+def _session(cost: SessionCost | None, base: SessionCost | None) -> list[str]:
+    """Session creation time against the original's, peak and settled MiB."""
+    if cost is None or base is None:
+        return ["?", "?", "?"]
+    return [
+        f"{cost.seconds / base.seconds:.2f}",
+        f"{cost.peak_rss / 2**20:.1f}",
+        f"{cost.rss / 2**20:.1f}",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model at batch 1")
     args = parser.parse_args()
-    rows = [["model", "encoding", "file ratio", "latency b1", "latency b32", "session MiB"]]
+    head = ["model", "encoding", "file ratio", "latency b1", "latency b32"]
+    rows = [[*head, "session time ×", "session peak MiB", "session MiB"]]
     with tempfile.TemporaryDirectory(prefix="prunequant-bench-") as tmp:
         for name, make in (("matmul 4096²", matmul_model), ("digits_cnn", cnn_model)):
             rows += bench(name, make, Path(tmp), args.runs)

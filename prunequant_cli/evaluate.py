@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +57,9 @@ MIN_FOLD = 8
 __all__ = ["Comparison", "InputSpec", "closeness", "exposing_session", "open_session"]
 
 WARMUP_RUNS = 3
+# Without --data, what the evaluation (synthetic samples through both models, then the timed
+# runs) aims to stay within: a heavy model gets fewer samples and timed runs of one sample.
+EVALUATION_SECONDS = 20.0
 
 
 def _ort() -> Any:
@@ -197,11 +200,11 @@ def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> list[np.ndarra
 
 
 def _latency_ms(
-    sessions: list[Any], feed: dict[str, np.ndarray], runs: int
+    sessions: list[Any], feed: dict[str, np.ndarray], runs: int, warmup: int = WARMUP_RUNS
 ) -> list[tuple[float, float]]:
     """(median, p90) milliseconds of each session on ``feed``, runs interleaved."""
     for s in sessions:
-        for _ in range(WARMUP_RUNS):
+        for _ in range(warmup):
             s.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):  # interleaved, so drift hits both models alike
@@ -212,39 +215,57 @@ def _latency_ms(
     return [(1000.0 * float(np.median(t)), 1000.0 * float(np.percentile(t, 90))) for t in times]
 
 
-_SESSION_RSS = """
-import sys
+_SESSION_COST = """
+import sys, time
 import onnxruntime as ort
-def rss():
+def status(key):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = int(sys.argv[2])
 opts.log_severity_level = 4  # fatal only: errors reach the user as one line
-before = rss()
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak so far (the imports') is forgotten: VmHWM restarts here
+except OSError:
+    pass
+before = status("VmRSS")
+t0 = time.perf_counter()
 session = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
-print(rss() - before)
+seconds = time.perf_counter() - t0
+print(seconds, status("VmRSS") - before, max(status("VmHWM"), status("VmRSS")) - before)
 """
 
 
-def session_rss(model: str | bytes, threads: int) -> int | None:
-    """Resident memory an onnxruntime session of ``model`` takes, measured in a fresh process.
+@dataclass(frozen=True)
+class SessionCost:
+    """What creating an onnxruntime session of a model costs, measured in a fresh process:
+    the seconds it takes, the resident memory the session then holds, and the most resident
+    memory while it was being created (both above the process's own before it started; a
+    model whose weights are decoded at load peaks above what it settles at)."""
 
-    None where it cannot be measured (no /proc, an in-memory model, a failure).
-    """
+    seconds: float
+    rss: int
+    peak_rss: int
+
+
+def session_cost(model: str | bytes, threads: int) -> SessionCost | None:
+    """:class:`SessionCost` of ``model``; None where it cannot be measured (no /proc, an
+    in-memory model, a failure)."""
     if isinstance(model, bytes) or not Path("/proc/self/status").exists():
         return None
     try:
         out = subprocess.run(
-            [sys.executable, "-P", "-c", _SESSION_RSS, model, str(threads)],  # not the cwd
+            [sys.executable, "-P", "-c", _SESSION_COST, model, str(threads)],  # not the cwd
             capture_output=True,
             text=True,
             timeout=300,
             check=True,
         )
-        return int(out.stdout.strip().splitlines()[-1])
+        seconds, rss, peak = out.stdout.strip().splitlines()[-1].split()
+        return SessionCost(float(seconds), int(rss), max(int(peak), int(rss)))
     except (subprocess.SubprocessError, ValueError, IndexError, OSError):
         return None
 
@@ -336,6 +357,11 @@ class Comparison:
         if config.data is None and config.calibration_data is None:
             self.specs = self._runnable_sizes(self.specs)
         self.fixed = fixed_batch(self.specs)
+        # what the timed runs are on: the first batch, or one sample of a heavy model
+        self.latency_feed: dict[str, np.ndarray] | None = None
+        self.warmup = WARMUP_RUNS
+        if config.data is None:
+            self.config = config = self._bounded(config)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.kinds = output_kinds(model, config.label_output, config.output_kinds)
         self.metric = load_metric(config.metric) if config.metric else None
@@ -363,6 +389,35 @@ class Comparison:
             if self.calibration is None
             else list(self.calibration.batches(config.batch_size, self.fixed))
         )
+
+    def _bounded(self, config: EvalConfig) -> EvalConfig:
+        """Without --data: the synthetic samples and timed runs that keep the evaluation
+        within about EVALUATION_SECONDS, from the time of one sample through the original.
+        A model that fits keeps the defaults; a heavy one gets fewer samples (at least 2)
+        and its latency timed on one sample, with one warm-up run."""
+        one = self.fixed or 1
+        probe = synthetic_dataset(self.specs, one, config.seed, dict(config.input_values))
+        feed = next(probe.batches(1, self.fixed))
+        t0 = time.perf_counter()
+        run_batches(self.session, [feed], "original")
+        per_sample = (time.perf_counter() - t0) / one
+        batch = min(config.synthetic_samples, self.fixed or config.batch_size)
+        timed = (WARMUP_RUNS + config.latency_runs) * batch
+        if 2 * per_sample * (config.synthetic_samples + timed) <= EVALUATION_SECONDS:
+            return config
+        # half the time for the samples, half for the timed runs; both models each
+        affordable = int(EVALUATION_SECONDS / 2 / (2 * per_sample * one))
+        samples = min(config.synthetic_samples, max(2, affordable * one))
+        if self.fixed and samples % self.fixed:
+            samples += self.fixed - samples % self.fixed
+        runs = min(config.latency_runs, max(3, affordable - 1))
+        self.latency_feed, self.warmup = feed, 1
+        self.notes.append(
+            f"no --data: one sample takes {per_sample:.2f} s through the original, so the "
+            f"evaluation is bounded to about {EVALUATION_SECONDS:.0f} s: {samples} synthetic "
+            f"samples, and latency timed over {runs} runs of {one} sample(s) after one warm-up"
+        )
+        return replace(config, synthetic_samples=samples, latency_runs=runs)
 
     def _runnable_sizes(self, specs: list[InputSpec]) -> list[InputSpec]:
         """The inputs with their free dimensions set to the first sizes (see
@@ -516,11 +571,12 @@ class Comparison:
         ev = evaluation_of(quality, self.holdout.source, list(self.notes))
         ev.calibration = self.calibration_info
         ev.metric_name = self.metric.name if self.metric else None
-        ev.session_rss_original = session_rss(self.original, config.threads)
-        ev.session_rss_compressed = session_rss(compressed, config.threads)
+        ev.session_original = session_cost(self.original, config.threads)
+        ev.session_compressed = session_cost(compressed, config.threads)
         if self.batches and config.latency_runs:
+            feed = self.batches[0] if self.latency_feed is None else self.latency_feed
             (a_med, a_p90), (b_med, b_p90) = _latency_ms(
-                [sess_a, sess_b], self.batches[0], config.latency_runs
+                [sess_a, sess_b], feed, config.latency_runs, self.warmup
             )
             ev.latency_ms_original, ev.latency_p90_ms_original = a_med, a_p90
             ev.latency_ms_compressed, ev.latency_p90_ms_compressed = b_med, b_p90

@@ -6,7 +6,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -15,8 +15,11 @@ from rich.table import Table
 
 from prunequant_cli import metadata
 from prunequant_cli.encodings import META_SHARED, describe_encoding, read_meta
-from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, cell, fmt_bytes
+from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, cell, fmt_bytes, seconds_text
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
+
+if TYPE_CHECKING:
+    from prunequant_cli.evaluate import SessionCost
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Inspection:
     tensors: list[TensorInfo] = field(default_factory=list)
     shared_bytes: int = 0  # decoder constants shared by several weights (lookup tables)
     gzip_bytes: int | None = None  # the file(s) gzip-compressed: what a download costs
-    session_rss: int | None = None  # resident memory of an onnxruntime session of the model
+    session: SessionCost | None = None  # what creating an onnxruntime session costs
     # doc strings and metadata_props: (all, the model's own), in bytes (see metadata.py)
     metadata_bytes: tuple[int, int] = (0, 0)
 
@@ -120,7 +123,12 @@ class Inspection:
                 "model": self.metadata_bytes[1],
                 "strippable": self.metadata_bytes[0] - self.metadata_bytes[1],
             },
-            "meta": {"path": self.path, "session_rss_bytes": self.session_rss},
+            "meta": {
+                "path": self.path,
+                "session_rss_bytes": self.session.rss if self.session else None,
+                "session_peak_rss_bytes": self.session.peak_rss if self.session else None,
+                "session_seconds": round(self.session.seconds, 4) if self.session else None,
+            },
         }
 
 
@@ -332,8 +340,12 @@ def render_inspection(info: Inspection, console: Console) -> None:
     )
     if info.producer:
         console.print(f"producer: {cell(info.producer)}")
-    if info.session_rss:
-        console.print(f"onnxruntime session memory: {fmt_bytes(info.session_rss)}")
+    if info.session:
+        console.print(
+            f"onnxruntime session: {seconds_text(info.session.seconds)} to create, "
+            f"{fmt_bytes(info.session.peak_rss)} peak memory while created, "
+            f"{fmt_bytes(info.session.rss)} held"
+        )
     total, own = info.metadata_bytes
     if total:
         console.print(

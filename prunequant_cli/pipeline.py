@@ -919,9 +919,9 @@ def inspect_model(path: str | Path, session_memory: bool = True) -> Inspection:
     info = inspect_ir(loaded.model, loaded.path, loaded.file_bytes)
     info.gzip_bytes = gzip_bytes([loaded.path, *sorted(loaded.external)])
     if session_memory:
-        from prunequant_cli.evaluate import session_rss  # imports onnxruntime: only when needed
+        from prunequant_cli.evaluate import session_cost  # imports onnxruntime: only when needed
 
-        info.session_rss = session_rss(str(loaded.path), 1)
+        info.session = session_cost(str(loaded.path), 1)
     return info
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from prunequant_cli.encodings import describe_encoding
 from prunequant_cli.errors import safe_text
+
+if TYPE_CHECKING:
+    from prunequant_cli.evaluate import SessionCost
 
 SCHEMA_VERSION = 2
 
@@ -177,8 +180,9 @@ class Evaluation:
     latency_ms_compressed: float | None = None
     latency_p90_ms_original: float | None = None
     latency_p90_ms_compressed: float | None = None
-    session_rss_original: int | None = None
-    session_rss_compressed: int | None = None
+    # creating an onnxruntime session of each model (seconds, settled and peak memory)
+    session_original: SessionCost | None = None
+    session_compressed: SessionCost | None = None
     layers: list[LayerError] | None = None
     notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # what a search or correction fitted on
@@ -328,9 +332,18 @@ class CompressReport:
                 "p90_original": ev.latency_p90_ms_original,
                 "p90_compressed": ev.latency_p90_ms_compressed,
             }
+            a, b = ev.session_original, ev.session_compressed
             meta["session_rss_bytes"] = {
-                "original": ev.session_rss_original,
-                "compressed": ev.session_rss_compressed,
+                "original": a.rss if a else None,
+                "compressed": b.rss if b else None,
+            }
+            meta["session_peak_rss_bytes"] = {
+                "original": a.peak_rss if a else None,
+                "compressed": b.peak_rss if b else None,
+            }
+            meta["session_seconds"] = {
+                "original": round(a.seconds, 4) if a else None,
+                "compressed": round(b.seconds, 4) if b else None,
             }
         return {
             "schema_version": SCHEMA_VERSION,
@@ -497,16 +510,27 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
                 f"×{ev.latency_ratio:.2f}",
             )
         )
-    if ev.session_rss_original and ev.session_rss_compressed:
+    a, b = ev.session_original, ev.session_compressed
+    if a and b:
         rows.append(
             (
-                "onnxruntime session memory",
-                fmt_bytes(ev.session_rss_original),
-                fmt_bytes(ev.session_rss_compressed),
-                f"×{ev.session_rss_compressed / ev.session_rss_original:.2f}",
+                "session creation time",
+                seconds_text(a.seconds),
+                seconds_text(b.seconds),
+                f"×{b.seconds / a.seconds:.2f}" if a.seconds > 0 else "",
             )
         )
+        for label, x, y in (
+            ("session memory (peak while created)", a.peak_rss, b.peak_rss),
+            ("session memory (settled)", a.rss, b.rss),
+        ):
+            if x and y:
+                rows.append((label, fmt_bytes(x), fmt_bytes(y), f"×{y / x:.2f}"))
     return rows
+
+
+def seconds_text(x: float) -> str:
+    return f"{x:.3f} s" if x < 1 else f"{x:.2f} s"
 
 
 def evaluated_on(ev: Evaluation) -> str:

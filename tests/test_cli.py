@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import ROOT, SAMPLES
@@ -252,3 +253,61 @@ def test_conflicting_quantization_options_are_usage_errors(tmp_path, args):
     assert r.exit_code == 2, r.stderr
     assert r.stderr.startswith("prunequant: error: ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_session_cost_is_measured_and_reported(tmp_path):
+    """Creating each model's onnxruntime session is timed and its memory read, settled and at
+    its peak: a 4096×4096 weight decoded at load holds its 64 MiB float copy in the session."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from prunequant_cli.evaluate import session_cost
+
+    w = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4096])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    r = run("compress", src, tmp_path / "o.onnx", "--bits", "8", "--json", "--samples", "2")
+    assert r.exit_code == 0, r.stderr
+    meta = json.loads(r.stdout)["meta"]
+    for which in ("original", "compressed"):
+        assert meta["session_seconds"][which] > 0
+        assert meta["session_rss_bytes"][which] >= w.nbytes  # the float weight, decoded
+        assert meta["session_peak_rss_bytes"][which] >= meta["session_rss_bytes"][which]
+    cost = session_cost(str(tmp_path / "o.onnx"), 1)
+    assert cost is not None and cost.rss >= w.nbytes and cost.seconds > 0
+    assert session_cost(b"not a path", 1) is None
+    r = run("compress", src, tmp_path / "p.onnx", "--bits", "8")
+    assert "session creation time" in r.stdout and "peak while created" in r.stdout
+
+
+def test_default_evaluation_of_a_heavy_model_is_bounded(tmp_path, monkeypatch):
+    """Without --data, a model too slow for 16 samples and 20 timed runs of the whole batch
+    within EVALUATION_SECONDS gets fewer samples (at least 2) and latency timed on one
+    sample, and the report says so; with --data nothing is cut."""
+    from prunequant_cli import evaluate
+    from prunequant_cli.config import CompressConfig, EvalConfig
+    from prunequant_cli.pipeline import compress
+
+    def run_with(data):
+        return compress(
+            CNN, tmp_path / "o.onnx", CompressConfig(bits=8), EvalConfig(data=data)
+        ).evaluation
+
+    light = run_with(None)
+    assert light.samples == 16 and not any("bounded" in n for n in light.notes)
+    monkeypatch.setattr(evaluate, "EVALUATION_SECONDS", 1e-6)  # every model is heavy now
+    heavy = run_with(None)
+    assert heavy.samples == 2 and heavy.latency_ms_compressed is not None
+    note = next(n for n in heavy.notes if "bounded" in n)
+    assert "2 synthetic samples" in note and "3 runs of 1 sample(s)" in note
+    with np.load(CNN_DATA) as d:
+        total = len(d["labels"])
+    given = run_with(CNN_DATA)
+    assert given.samples == total and not any("bounded" in n for n in given.notes)
