@@ -32,18 +32,35 @@ ROOT = Path(__file__).resolve().parent.parent
 DIM = 4096
 
 # (label, config, opset the model must have for it)
+# all_layers: the one MatMul is the first and last layer, which 4 bits would keep at 8
 VARIANTS = [
-    ("int8", CompressConfig(bits=8, format="int8"), 17),
-    ("packed4", CompressConfig(bits=4, format="dense"), 17),
-    ("int4 (native)", CompressConfig(bits=4, format="dense"), 21),
-    ("int4 asymmetric", CompressConfig(bits=4, quant="asymmetric", format="dense"), 21),
-    ("sparse4 asym., 50% pruned", CompressConfig(bits=4, quant="asymmetric", sparsity=0.5), 17),
-    ("sparse, 50% pruned", CompressConfig(bits=8, sparsity=0.5, format="sparse"), 17),
-    ("sparse4, 50% pruned", CompressConfig(bits=4, sparsity=0.5, format="sparse"), 17),
-    ("codebook 4-bit", CompressConfig(bits=4, quant="codebook"), 17),
-    ("float16", CompressConfig(bits=16), 17),
-    ("keep-quantized int8", CompressConfig(bits=8, keep_quantized=True), 17),
-    ("keep-quantized int4", CompressConfig(bits=4, keep_quantized=True), 21),
+    ("int8", CompressConfig(all_layers=True, bits=8, format="int8"), 17),
+    ("packed4", CompressConfig(all_layers=True, bits=4, format="dense"), 17),
+    ("int4 (native)", CompressConfig(all_layers=True, bits=4, format="dense"), 21),
+    (
+        "int4 asymmetric",
+        CompressConfig(all_layers=True, bits=4, quant="asymmetric", format="dense"),
+        21,
+    ),
+    (
+        "sparse4 asym., 50% pruned",
+        CompressConfig(all_layers=True, bits=4, quant="asymmetric", sparsity=0.5),
+        17,
+    ),
+    (
+        "sparse, 50% pruned",
+        CompressConfig(all_layers=True, bits=8, sparsity=0.5, format="sparse"),
+        17,
+    ),
+    (
+        "sparse4, 50% pruned",
+        CompressConfig(all_layers=True, bits=4, sparsity=0.5, format="sparse"),
+        17,
+    ),
+    ("codebook 4-bit", CompressConfig(all_layers=True, bits=4, quant="codebook"), 17),
+    ("float16", CompressConfig(all_layers=True, bits=16), 17),
+    ("keep-quantized int8", CompressConfig(all_layers=True, bits=8, keep_quantized=True), 17),
+    ("keep-quantized int4", CompressConfig(all_layers=True, bits=4, keep_quantized=True), 21),
 ]
 
 

@@ -11,7 +11,7 @@ kernels.)
 
 | encoding          | payload  | opset | decode                                             |
 | ----------------- | -------- | ----- | -------------------------------------------------- |
-| int8              | uniform  | 7     | Mul(Cast(int8 codes), scale)                       |
+| int8              | uniform  | 7     | Mul(Cast(int8 codes), scale) (or scale after MatMul)|
 | int4 / int2       | uniform  | 21/25 | Mul(Cast(INT4/INT2 codes), scale)                  |
 | packed4 / packed2 | uniform  | 11    | uint8 planes split by Div/Mod, Concat, Cast, Sub, Mul |
 | sparse / sparse4  | uniform  | 11    | bitmask planes + CumSum index into the non-zeros   |
@@ -30,6 +30,13 @@ the Mul; their encoding is named with a ``-zp`` suffix. A zero weight has code z
 not 0: the bitmask marks the codes that differ from z, and ``Where(mask, ..., 0)``
 restores the exact zeros. Coordinates (which store only the gaps between
 non-zero codes) take symmetric codes only.
+
+A large MatMul weight with symmetric per-column int8/int4/int2 codes (at least
+SCALE_AFTER_MIN entries, read only by MatMuls as their B) is written as Cast(codes)
+alone, and each of those MatMuls' outputs is multiplied by the scales: x @ (q * s) =
+(x @ q) * s. onnxruntime folds a Cast and then a Mul at load holding both float results
+until its folding pass ends; one Cast holds one, so the session peaks at what the
+original's does. The metadata then names the scale initializer (``scale_after``).
 
 The main initializer of each encoded weight carries metadata (key ``prunequant``,
 JSON) naming the encoding, the weight, its bit width and axis, which ``inspect`` reads.
@@ -103,25 +110,31 @@ class Payload:
     def size(self) -> int:
         return math.prod(self.shape)
 
-    def decode(self) -> np.ndarray:
-        """The float weight the payload stands for, computed in numpy (the reference)."""
+    def decode(self, rows: slice | None = None) -> np.ndarray:
+        """The float weight the payload stands for, computed in numpy (the reference); with
+        ``rows``, only those entries of its first axis."""
+
+        def part(a: np.ndarray) -> np.ndarray:  # an array's rows, if it has the weight's
+            return a if rows is None or a.ndim == 0 or a.shape[0] == 1 else a[rows]
+
         np_dtype = self.dtype.numpy()
         if self.codes is not None:
             assert self.scale is not None
             scale = self.scale.astype(np_dtype)
             if self.block_size:
                 scale = np.repeat(scale, self.block_size, axis=self.block_axis)
-            floats = self.codes.astype(np_dtype)
+            floats = part(self.codes).astype(np_dtype)
             if self.zero_point is not None:
-                floats = floats - self.zero_point.astype(np_dtype)
-            return floats * scale
+                floats -= part(self.zero_point).astype(np_dtype)
+            floats *= part(scale)
+            return floats
         if self.indices is not None:
             assert self.codebook is not None
-            return self.codebook.astype(np_dtype)[self.indices.astype(np.int64)]
+            return self.codebook.astype(np_dtype)[part(self.indices).astype(np.int64)]
         if self.values is not None:
-            return self.values.astype(np_dtype)
+            return part(self.values).astype(np_dtype)
         assert self.half is not None
-        return self.half.astype(np_dtype)
+        return part(self.half).astype(np_dtype)
 
     def zeros(self) -> int:
         """How many weights decode to exactly zero."""
@@ -242,7 +255,9 @@ class DecodeBuilder:
             self.nodes.append(node)
         return out
 
-    def finish(self, weight: ir.Value, decoded: ir.Value, encoding: str) -> EncodedWeight:
+    def finish(
+        self, weight: ir.Value, decoded: ir.Value, encoding: str, **meta: object
+    ) -> EncodedWeight:
         """Tag the main initializer, insert the nodes, and replace the float weight."""
         p = self.payload
         main = self.stored[0].const_value
@@ -250,7 +265,7 @@ class DecodeBuilder:
         if p.zero_point is not None:
             encoding += ZERO_POINT_SUFFIX
         main.metadata_props[META_KEY] = json.dumps(
-            {"encoding": encoding, "weight": p.name, "bits": p.bits, "axis": p.axis},
+            {"encoding": encoding, "weight": p.name, "bits": p.bits, "axis": p.axis, **meta},
             separators=(",", ":"),
         )
         if len(self.graph):
@@ -266,6 +281,65 @@ class DecodeBuilder:
         decoded.shape = ir.Shape(p.shape)
         stored = sum(int(v.const_value.nbytes) for v in self.stored if v.const_value is not None)
         return EncodedWeight(p.name, encoding, p.bits, p.axis, p.shape, stored)
+
+    def finish_scaled_after(
+        self, weight: ir.Value, codes: ir.Value, matmuls: list[ir.Node], encoding: str
+    ) -> EncodedWeight:
+        """Replace the weight by its codes (cast to float) and multiply the outputs of the
+        ``matmuls`` that read it by the per-column scales instead: x @ (q * s) = (x @ q) * s.
+        onnxruntime folds one Cast per weight at load, not a Cast and then a Mul, so a
+        session holds one float copy of the weight while it is created, not two."""
+        p = self.payload
+        assert p.scale is not None
+        scale_init = self.init("s", p.scale.reshape(-1))  # [N]: any rank of output
+        scale = scale_init
+        if p.scale.dtype != p.dtype.numpy():
+            scale = self.node("Cast", [scale], to=p.dtype.value)
+        encoded = self.finish(weight, codes, encoding, scale_after=scale_init.name)
+        for mm in matmuls:
+            out = mm.outputs[0]
+            uses = list(out.uses())
+            name = out.name
+            out.name = self.names.fresh("pq", numbered=True)
+            scaled = ir.Value(name=name, type=out.type, shape=out.shape)
+            self.graph.insert_after(mm, [ir.Node("", "Mul", [out, scale], outputs=[scaled])])
+            for node, index in uses:
+                node.replace_input_with(index, scaled)
+            outputs = self.graph.outputs
+            for i, o in enumerate(outputs):
+                if o is out:
+                    outputs[i] = scaled
+        return encoded
+
+
+# A MatMul weight of at least this many entries has its scales applied after the MatMul
+# (DecodeBuilder.finish_scaled_after): there the Mul on the output costs little beside the
+# MatMul, and folding Mul(Cast(codes), scale) at load would hold a second float copy.
+SCALE_AFTER_MIN = 1 << 18
+
+
+def _matmuls_to_scale(graph: ir.Graph, weight: ir.Value, p: Payload) -> list[ir.Node]:
+    """The MatMul nodes whose outputs can take ``p``'s scales instead of the weight: all
+    of the weight's readers, each a MatMul reading it as B in this graph, with symmetric
+    per-column codes of a large enough 2-D weight; else none."""
+    if (
+        p.codes is None
+        or p.zero_point is not None
+        or p.block_size
+        or len(p.shape) != 2
+        or p.size < SCALE_AFTER_MIN
+        or p.scale is None
+        or p.scale.shape != (1, p.shape[1])
+        or weight.is_graph_output()
+    ):
+        return []
+    uses = list(weight.uses())
+    for node, index in uses:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or index != 1:
+            return []
+        if node.graph is not graph:
+            return []
+    return list(dict.fromkeys(node for node, _ in uses))
 
 
 @dataclass(frozen=True)
@@ -389,20 +463,31 @@ class Encoding:
     def build(self, b: DecodeBuilder) -> ir.Value:
         raise NotImplementedError
 
+    def codes(self, b: DecodeBuilder) -> ir.Value | None:
+        """The codes alone cast to the weight's dtype, for encodings whose decoder is
+        ``Mul(Cast(codes), scale)``; None for the others."""
+        return None
+
     def encode(
         self, graph: ir.Graph, weight: ir.Value, p: Payload, shared: SharedConstants
     ) -> EncodedWeight:
         b = DecodeBuilder(graph, shared, p)
+        matmuls = _matmuls_to_scale(graph, weight, p)
+        codes = self.codes(b) if matmuls else None
+        if codes is not None:
+            return b.finish_scaled_after(weight, codes, matmuls, self.name)
         return b.finish(weight, self.build(b), self.name)
 
 
 class Int8(Encoding):
     name, min_opset, blocks, zero_points = "int8", 7, True, True
 
-    def build(self, b: DecodeBuilder) -> ir.Value:
+    def codes(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
-        codes = b.init("q", p.codes)  # type: ignore[arg-type]
-        return _scaled(b, _centered(b, b.node("Cast", [codes], to=p.dtype.value)))
+        return b.node("Cast", [b.init("q", p.codes)], to=p.dtype.value)  # type: ignore[arg-type]
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        return _scaled(b, _centered(b, self.codes(b)))
 
 
 class NativeInt(Encoding):
@@ -416,10 +501,13 @@ class NativeInt(Encoding):
         self.min_opset = 21 if bits == 4 else 25
         self._np = ml_dtypes.int4 if bits == 4 else ml_dtypes.int2
 
-    def build(self, b: DecodeBuilder) -> ir.Value:
+    def codes(self, b: DecodeBuilder) -> ir.Value:
         p = b.payload
         codes = b.init("q", p.codes.astype(self._np))  # type: ignore[union-attr]
-        return _scaled(b, _centered(b, b.node("Cast", [codes], to=p.dtype.value)))
+        return b.node("Cast", [codes], to=p.dtype.value)
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        return _scaled(b, _centered(b, self.codes(b)))
 
 
 class PackedUint(Encoding):

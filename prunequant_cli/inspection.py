@@ -203,6 +203,11 @@ def _find_encoded(model: ir.Model) -> list[_Found]:
             nodes, inits = cone
             shared = [v for v in inits if v.const_value.metadata_props.get(META_SHARED)]  # type: ignore[union-attr]
             stored = [v for v in inits if v not in shared]
+            # scales applied after the MatMuls: part of the weight's bytes, outside its
+            # decoder (which then gives the codes; scales > 0 keep its zeros where they are)
+            after = graph.initializers.get(str(meta.get("scale_after", "")))
+            if after is not None and after not in stored:
+                stored.append(after)
             found.append(_Found(graph, decoded, nodes, stored, shared, meta))
     return found
 

@@ -60,6 +60,9 @@ def check_readable_file(path: Path, what: str = "model") -> None:
 # Initializers whose raw data is at least this big are not parsed into memory at
 # load: they are read from the file, one at a time, when a pass asks for them.
 LAZY_MIN_BYTES = 1 << 16
+# A single-file output with at most this many bytes of tensors is serialized in memory and
+# written once; a larger one goes through a scratch data file (memory: one tensor at a time).
+DIRECT_WRITE_MAX = 1 << 26
 # The location that marks them: one no external data can have (its NUL is refused there),
 # so the model file itself is never mistaken for external data (and put through the
 # checks external data gets: no links, no odd characters in its name).
@@ -312,7 +315,13 @@ def _range_tensor(tensor: ir.ExternalTensor, path: Path) -> ir.TensorProtocol:
                 raise InputError(f"data of tensor {safe_text(tensor.name)} was cut short")
         return ir.Tensor(array, name=tensor.name)
 
-    return ir.LazyTensor(read, dtype=tensor.dtype, shape=ir.Shape(shape), name=tensor.name)
+    return ir.LazyTensor(
+        read,
+        dtype=tensor.dtype,
+        shape=ir.Shape(shape),
+        name=tensor.name,
+        metadata_props=dict(tensor.metadata_props),  # an encoded weight's (encodings.META_KEY)
+    )
 
 
 @dataclass
@@ -398,6 +407,7 @@ def load_model(path: Path) -> LoadedModel:
                         tensor.dtype,
                         shape=tensor.shape,
                         name=tensor.name,
+                        metadata_props=dict(tensor.metadata_props),
                         base_dir=str(data.parent),
                     )
                     value.const_value = tensor
@@ -489,9 +499,16 @@ def data_file_name(output: Path) -> str:
     return output.name + ".data"
 
 
-def _tidy(proto: onnx.ModelProto) -> bytes:
-    """Drop value_info entries that repeat an initializer's own type and shape."""
+def _tidy(proto: onnx.ModelProto, tensor_metadata: dict[str, dict[str, str]]) -> bytes:
+    """Drop value_info entries that repeat an initializer's own type and shape, and give
+    back the initializers' ``metadata_props`` (``tensor_metadata``: by name) that writing
+    them as external data dropped (an encoded weight's metadata among them)."""
     for graph in _graph_protos(proto.graph):
+        for t in graph.initializer:
+            props = tensor_metadata.get(t.name)
+            if props and not t.metadata_props:
+                for key, value in props.items():
+                    t.metadata_props.add(key=key, value=value)
         names = {t.name for t in graph.initializer}
         keep = [v for v in graph.value_info if v.name not in names]
         if len(keep) != len(graph.value_info):
@@ -507,14 +524,30 @@ def _write(model: ir.Model, path: Path, data_name: str | None) -> None:
     serialized copy (twice the output's size). Instead the large tensors always go
     to a data file first and the model file is a small skeleton; for a single-file
     model the final file is then assembled from the skeleton, streaming each
-    tensor's bytes in as its ``raw_data``.
+    tensor's bytes in as its ``raw_data``. A single file with up to DIRECT_WRITE_MAX bytes
+    of tensors is serialized directly (writing its bytes twice would cost more there).
     """
+    external = any(
+        isinstance(v.const_value, ir.ExternalTensor)  # serialized as a reference, not bytes
+        for g in model.graphs()
+        for v in g.initializers.values()
+    )
+    if data_name is None and not external and tensor_bytes(model) <= DIRECT_WRITE_MAX:
+        # small: one serialization in memory (twice the output's size) and one write
+        path.write_bytes(_tidy(ir.serde.serialize_model(model), {}))
+        return
     # ``path`` is in a private folder: short fixed names, whatever the output's name's length.
     scratch_name = data_name or "model.scratch"
     scratch = path.parent / scratch_name
     skeleton_path = path.parent / "model.skeleton"
+    tensor_metadata = {
+        v.name: dict(v.const_value.metadata_props)
+        for graph in model.graphs()
+        for v in graph.initializers.values()
+        if v.name and v.const_value is not None and v.const_value.metadata_props
+    }
     ir.save(model, skeleton_path, external_data=scratch_name, size_threshold_bytes=LAZY_MIN_BYTES)
-    buf = _tidy(onnx.ModelProto.FromString(skeleton_path.read_bytes()))
+    buf = _tidy(onnx.ModelProto.FromString(skeleton_path.read_bytes()), tensor_metadata)
     skeleton_path.unlink()
     if data_name is not None:
         path.write_bytes(buf)

@@ -558,11 +558,10 @@ class QuantizePass(_WeightPass):
         if encoding is None:
             record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
             return False
-        decoded = payload.decode()
-        record.max_abs_error = _max_error(decoded, tensor)
+        record.max_abs_error = _max_error(payload, tensor)
         if site.name in self.corrections:
-            self._correct_bias(site.name, decoded, tensor)
-        del w, decoded
+            self._correct_bias(site.name, payload.decode(), tensor)
+        del w
         encoded = encoding.encode(site.graph, site.value, payload, shared)
         site.value.const_value = None  # the float source is no longer needed
         if encoding in encodings.KEEP_QUANTIZED:
@@ -621,13 +620,29 @@ def _original(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
     return tensor.meta.get("original", tensor) if isinstance(tensor, ir.LazyTensor) else tensor
 
 
-def _max_error(decoded: np.ndarray, tensor: ir.TensorProtocol) -> float:
-    """Largest change of a weight against the original model's (before any pruning)."""
-    if decoded.size == 0:
+# Entries decoded at a time by _max_error: a few hundred KiB, a buffer the allocator reuses,
+# where whole-weight temporaries cost a page fault per 4 KiB of fresh memory each time.
+ERROR_CHUNK = 1 << 16
+
+
+def _max_error(decoded: np.ndarray | encodings.Payload, tensor: ir.TensorProtocol) -> float:
+    """Largest change of a weight against the original model's (before any pruning);
+    a payload is decoded a few rows at a time."""
+    original = _original(tensor).numpy()
+    if original.size == 0:
         return 0.0
-    diff = _original(tensor).numpy().astype(decoded.dtype, copy=True)
-    np.subtract(decoded, diff, out=diff)  # in place: one temporary the size of the weight
-    return float(np.abs(diff, out=diff).max())
+    if isinstance(decoded, np.ndarray):
+        diff = original.astype(decoded.dtype, copy=True)
+        np.subtract(decoded, diff, out=diff)  # in place: one temporary the size of the weight
+        return float(np.abs(diff, out=diff).max())
+    step = max(1, ERROR_CHUNK // max(1, original.size // max(1, original.shape[0])))
+    largest = 0.0
+    for start in range(0, original.shape[0] if original.ndim else 1, step):
+        rows = slice(start, start + step)
+        part = decoded.decode(rows) if original.ndim else decoded.decode()
+        np.subtract(part, original[rows] if original.ndim else original, out=part)
+        largest = max(largest, float(np.abs(part, out=part).max()))
+    return largest
 
 
 def _kept_quantized_note(op_types: Sequence[str]) -> str:

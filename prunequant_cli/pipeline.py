@@ -61,15 +61,21 @@ MIN_OPSET = 7
 
 
 def _versions() -> dict[str, str]:
-    import onnxruntime
+    from importlib import metadata
 
     from prunequant_cli import __version__
 
+    try:  # without importing it: a run without evaluation never needs onnxruntime
+        ort_version = metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
     return {
         "prunequant": __version__,
         "onnx": onnx.__version__,
         "onnx_ir": ir.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": ort_version,
         "numpy": np.__version__,
     }
 

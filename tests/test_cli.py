@@ -311,3 +311,21 @@ def test_default_evaluation_of_a_heavy_model_is_bounded(tmp_path, monkeypatch):
         total = len(d["labels"])
     given = run_with(CNN_DATA)
     assert given.samples == total and not any("bounded" in n for n in given.notes)
+
+
+def test_what_a_run_never_uses_is_never_loaded(tmp_path):
+    """sympy (which onnx_ir imports for symbolic shape arithmetic) loads only when used, and
+    a compression without evaluation never loads onnxruntime; both still work when asked."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from prunequant_cli import CompressConfig, EvalConfig, compress
+compress({CNN!r}, {str(tmp_path / "o.onnx")!r}, CompressConfig(bits=8), EvalConfig(enabled=False))
+assert "sympy.core" not in sys.modules and "onnxruntime" not in sys.modules, "loaded"
+import onnx_ir as ir
+assert str(ir.SymbolicDim("N") + 1) == "N + 1" and "sympy.core" in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -266,3 +266,91 @@ def test_asymmetric_codes_take_the_bitmask_but_not_coordinates():
     assert payload.zeros() == int((payload.decode() == 0).sum()) >= int((w == 0).sum())
     usable = {e.name for e in encodings.ALL if e.applies(payload, 21)}
     assert usable == {"int8", "int4", "packed4", "sparse", "sparse4"}
+
+
+def _large_matmuls_model(path, rng):
+    """x [n,1024] @ w1 (1024x512) -> h (also an output) -> Relu -> @ w1b (512x1024) -> y,
+    Relu(h) @ w2 (512x16, small) -> z, and x @ wg by a Gemm (1024x512) -> g."""
+    weights = {
+        "w1": rng.standard_normal((1024, 512)).astype(np.float32),
+        "w1b": rng.standard_normal((512, 1024)).astype(np.float32),
+        "w2": rng.standard_normal((512, 16)).astype(np.float32),
+        "wg": rng.standard_normal((1024, 512)).astype(np.float32),
+    }
+    proto = make_model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w1b"], ["y"]),
+            helper.make_node("MatMul", ["r", "w2"], ["z"]),
+            helper.make_node("Gemm", ["x", "wg"], ["g"]),
+        ],
+        [("x", FLOAT, ["n", 1024])],
+        [
+            ("y", FLOAT, ["n", 1024]),
+            ("z", FLOAT, ["n", 16]),
+            ("h", FLOAT, ["n", 512]),
+            ("g", FLOAT, ["n", 512]),
+        ],
+        [tensor(k, v) for k, v in weights.items()],
+    )
+    onnx.save(proto, path)
+    return weights
+
+
+def test_large_matmul_weights_take_their_scales_after_the_matmul(tmp_path):
+    """A large MatMul weight with symmetric per-column codes is Cast(codes) alone, and the
+    MatMul's output is multiplied by the scales: onnxruntime folds one float copy of it at
+    load. Output names stay, results match x @ decoded, inspect still sees the weight (and
+    counts the scales in its bytes); asymmetric codes, small weights and a Gemm's weight
+    keep Mul(Cast(codes), scale)."""
+    from prunequant_cli.config import EvalConfig
+    from prunequant_cli.pipeline import compress, inspect_model
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "m.onnx"
+    weights = _large_matmuls_model(src, rng)
+    out = tmp_path / "o.onnx"
+    report = compress(src, out, CompressConfig(bits=8), EvalConfig(enabled=False))
+    model = onnx.load(out)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in ("w1", "w1b"):
+        cast = producer[name]
+        assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == onnx.TensorProto.INT8
+    assert producer["w2"].op_type == "Mul" and producer["wg"].op_type == "Mul"
+    # the outputs of the MatMuls reading w1 and w1b are scaled, under their own names
+    assert producer["h"].op_type == "Mul" and producer["y"].op_type == "Mul"
+    assert producer[producer["h"].input[0]].op_type == "MatMul"
+    assert [o.name for o in model.graph.output] == ["y", "z", "h", "g"]
+
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
+    outputs = ort.InferenceSession(str(out)).run(None, {"x": x})
+    got = dict(zip(["y", "z", "h", "g"], outputs, strict=True))
+    q = onnx.numpy_helper.to_array(inits["w1.q"]).astype(np.float32)
+    s = onnx.numpy_helper.to_array(inits["w1.s"]).astype(np.float32)
+    np.testing.assert_allclose(got["h"], x @ (q * s.reshape(1, -1)), rtol=1e-4, atol=1e-3)
+    ref = x @ weights["w1"]
+    cos = float((got["h"] * ref).sum() / np.linalg.norm(got["h"]) / np.linalg.norm(ref))
+    assert cos > 0.9999
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+    assert any(
+        t.data_type == onnx.TensorProto.FLOAT and list(t.dims) == [1024, 512]
+        for t in optimized.graph.initializer
+    )
+    assert not any(n.op_type == "Cast" for n in optimized.graph.node)  # folded at load
+
+    info = {t.name: t for t in inspect_model(out).tensors}
+    for name in ("w1", "w1b", "w2", "wg"):
+        assert info[name].is_weight and info[name].encoding == "int8", name
+    records = {t.name: t for t in report.tensors}
+    assert info["w1"].stored_bytes == records["w1"].stored_bytes == 1024 * 512 + 512 * 2
+
+    asym = tmp_path / "a.onnx"
+    compress(src, asym, CompressConfig(bits=8, quant="asymmetric"), EvalConfig(enabled=False))
+    producer = {o: n for n in onnx.load(asym).graph.node for o in n.output}
+    assert producer["w1"].op_type == "Mul" and producer["h"].op_type == "MatMul"
