@@ -412,10 +412,12 @@ class Comparison:
             samples += self.fixed - samples % self.fixed
         runs = min(config.latency_runs, max(3, affordable - 1))
         self.latency_feed, self.warmup = feed, 1
+        free = any(s.batch_axis is not None and s.shape[s.batch_axis] is None for s in self.specs)
+        drawn = f"{samples} synthetic samples" if free else f"{one} synthetic sample(s)"
         self.notes.append(
             f"no --data: one sample takes {per_sample:.2f} s through the original, so the "
-            f"evaluation is bounded to about {EVALUATION_SECONDS:.0f} s: {samples} synthetic "
-            f"samples, and latency timed over {runs} runs of {one} sample(s) after one warm-up"
+            f"evaluation is bounded to about {EVALUATION_SECONDS:.0f} s: {drawn}, and latency "
+            f"timed over {runs} runs of {one} sample(s) after one warm-up"
         )
         return replace(config, synthetic_samples=samples, latency_runs=runs)
 
