@@ -36,6 +36,7 @@ DIM = 4096
 VARIANTS = [
     ("int8", CompressConfig(all_layers=True, bits=8, format="int8"), 17),
     ("packed4", CompressConfig(all_layers=True, bits=4, format="dense"), 17),
+    ("packed6", CompressConfig(all_layers=True, bits=6, format="dense"), 17),
     ("int4 (native)", CompressConfig(all_layers=True, bits=4, format="dense"), 21),
     (
         "int4 asymmetric",

@@ -14,6 +14,7 @@ kernels.)
 | int8              | uniform  | 7     | Mul(Cast(int8 codes), scale) (or scale after MatMul)|
 | int4 / int2       | uniform  | 21/25 | Mul(Cast(INT4/INT2 codes), scale)                  |
 | packed4 / packed2 | uniform  | 11    | uint8 planes split by Div/Mod, Concat, Cast, Sub, Mul |
+| packed6           | uniform  | 11    | a 4-bit and a 2-bit plane, 4 * high + low, Sub, Mul |
 | sparse / sparse4  | uniform  | 11    | bitmask planes + CumSum index into the non-zeros   |
 | codebook          | codebook | 7     | Gather(codebook, Cast(uint8 indices))              |
 | codebook4 / 2     | codebook | 21/25 | Gather(codebook, Cast(UINT4/UINT2 indices))        |
@@ -530,6 +531,31 @@ class PackedUint(Encoding):
         return _scaled(b, _centered(b, b.node("Sub", [floats, shift])))
 
 
+class Packed6(Encoding):
+    """5- and 6-bit codes in 6 bits (0.75 bytes a code): the offset codes' high four bits
+    in a 4-bit plane and their low two in a 2-bit plane, both unpacked as for packed4 and
+    packed2 and recombined as 4 * high + low (any opset >= 11)."""
+
+    name, min_opset, max_bits, blocks, zero_points = "packed6", 11, 6, True, True
+    OFFSET = 32  # codes in [-32, 31] become 0..63
+
+    def applies(self, p: Payload, opset: int) -> bool:
+        return super().applies(p, opset) and p.bits >= 5
+
+    def build(self, b: DecodeBuilder) -> ir.Value:
+        p = b.payload
+        unsigned = (p.codes.astype(np.int16) + self.OFFSET).astype(np.uint8)  # type: ignore[union-attr]
+        high = b.init("q", pack_planar(unsigned >> 2, 4))
+        low = b.init("q2", pack_planar(unsigned & 3, 2))
+        dtype = p.dtype.numpy()
+        high_f = b.node("Cast", [_unpack_planes(b, high, 4)], to=p.dtype.value)
+        low_f = b.node("Cast", [_unpack_planes(b, low, 2)], to=p.dtype.value)
+        four = b.const(f"4_{p.dtype.name.lower()}", np.array(4, dtype))
+        floats = b.node("Add", [b.node("Mul", [high_f, four]), low_f])
+        shift = b.const(f"{self.OFFSET}_{p.dtype.name.lower()}", np.array(self.OFFSET, dtype))
+        return _scaled(b, _centered(b, b.node("Sub", [floats, shift])))
+
+
 # Row v holds the four bits of nibble v, lowest first: Gather(table, nibbles) unpacks a mask.
 _NIBBLE_BITS = ((np.arange(16)[:, None] >> np.arange(4)) & 1).astype(np.uint8)
 
@@ -812,6 +838,7 @@ UNIFORM = (
     NativeInt(2),
     PackedUint(4),
     PackedUint(2),
+    Packed6(),
     SparseBitmask(8),
     SparseBitmask(4),
     SparseBitmask(2),
@@ -841,6 +868,7 @@ FORMATS: dict[str, tuple[Encoding, ...]] = {
         NativeInt(2),
         PackedUint(4),
         PackedUint(2),
+        Packed6(),
         *CODEBOOK_DENSE,
         *FLOAT16,
     ),
@@ -877,6 +905,7 @@ def describe_encoding(encoding: str, bits: int | None) -> str:
         "int2": "int2 ×scale",
         "packed4": "4-bit packed ×scale",
         "packed2": "2-bit packed ×scale",
+        "packed6": "6-bit packed ×scale",
         "sparse": "bitmask + int8 ×scale",
         "sparse4": "bitmask + 4-bit packed ×scale",
         "sparse2": "bitmask + 2-bit packed ×scale",
