@@ -322,9 +322,11 @@ SCALE_AFTER_MIN = 1 << 18
 def _matmuls_to_scale(graph: ir.Graph, weight: ir.Value, p: Payload) -> list[ir.Node]:
     """The MatMul nodes whose outputs can take ``p``'s scales instead of the weight: all
     of the weight's readers, each a MatMul reading it as B in this graph, with symmetric
-    per-column codes of a large enough 2-D weight; else none."""
+    per-column codes of a large enough 2-D float32/float64 weight (in float16, x @ codes,
+    up to 127 times x @ W, may overflow); else none."""
     if (
         p.codes is None
+        or p.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE)  # x @ q may overflow float16
         or p.zero_point is not None
         or p.block_size
         or len(p.shape) != 2

@@ -204,7 +204,7 @@ def _find_encoded(model: ir.Model) -> list[_Found]:
             shared = [v for v in inits if v.const_value.metadata_props.get(META_SHARED)]  # type: ignore[union-attr]
             stored = [v for v in inits if v not in shared]
             # scales applied after the MatMuls: part of the weight's bytes, outside its
-            # decoder (which then gives the codes; scales > 0 keep its zeros where they are)
+            # decoder (which gives the codes; _decode_in_onnxruntime multiplies them in)
             after = graph.initializers.get(str(meta.get("scale_after", "")))
             if after is not None and after not in stored:
                 stored.append(after)
@@ -236,7 +236,14 @@ def _decode_in_onnxruntime(model: ir.Model, f: _Found) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: errors reach the user as one line
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {})[0]
+    decoded = sess.run(None, {})[0]
+    after = f.graph.initializers.get(str(f.meta.get("scale_after", "")))
+    if after is not None and after.const_value is not None:
+        # scales applied after the MatMuls (encodings.finish_scaled_after): the weight they
+        # compute with is the codes times the per-column scales
+        scale = after.const_value.numpy().astype(decoded.dtype).reshape(1, -1)
+        decoded = decoded * scale
+    return decoded
 
 
 def inspect_ir(model: ir.Model, path: Path | str, file_bytes: int) -> Inspection:

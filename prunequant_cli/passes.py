@@ -635,12 +635,14 @@ def _max_error(decoded: np.ndarray | encodings.Payload, tensor: ir.TensorProtoco
         diff = original.astype(decoded.dtype, copy=True)
         np.subtract(decoded, diff, out=diff)  # in place: one temporary the size of the weight
         return float(np.abs(diff, out=diff).max())
+    if original.ndim == 0:
+        return float(np.abs(decoded.decode() - original).max())
     step = max(1, ERROR_CHUNK // max(1, original.size // max(1, original.shape[0])))
     largest = 0.0
-    for start in range(0, original.shape[0] if original.ndim else 1, step):
+    for start in range(0, original.shape[0], step):
         rows = slice(start, start + step)
-        part = decoded.decode(rows) if original.ndim else decoded.decode()
-        np.subtract(part, original[rows] if original.ndim else original, out=part)
+        part = decoded.decode(rows)
+        np.subtract(part, original[rows], out=part)
         largest = max(largest, float(np.abs(part, out=part).max()))
     return largest
 

@@ -307,6 +307,10 @@ def test_default_evaluation_of_a_heavy_model_is_bounded(tmp_path, monkeypatch):
     assert heavy.samples == 2 and heavy.latency_ms_compressed is not None
     note = next(n for n in heavy.notes if "bounded" in n)
     assert "2 synthetic samples" in note and "3 runs of 1 sample(s)" in note
+    calibrated = compress(  # what calibrates on synthetic samples keeps all of its own
+        CNN, tmp_path / "g.onnx", CompressConfig(bits=4, rounding="gptq"), EvalConfig()
+    ).evaluation
+    assert calibrated.samples == 2 and calibrated.calibration["samples"] == 16
     with np.load(CNN_DATA) as d:
         total = len(d["labels"])
     given = run_with(CNN_DATA)

@@ -357,3 +357,35 @@ def test_large_matmul_weights_take_their_scales_after_the_matmul(tmp_path):
     compress(src, asym, CompressConfig(bits=8, quant="asymmetric"), EvalConfig(enabled=False))
     producer = {o: n for n in onnx.load(asym).graph.node for o in n.output}
     assert producer["w1"].op_type == "Mul" and producer["h"].op_type == "MatMul"
+
+
+def test_weights_with_scales_after_the_matmul_are_judged_as_weights(tmp_path):
+    """compare's weight errors and --per-layer read a scale-after weight as codes x scales
+    (not the bare codes), and a float16 weight keeps its scales inside (x @ codes could
+    overflow float16)."""
+    from prunequant_cli.config import EvalConfig
+    from prunequant_cli.pipeline import compare, compress
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "m.onnx"
+    _large_matmuls_model(src, rng)
+    out = tmp_path / "o.onnx"
+    compress(src, out, CompressConfig(bits=8), EvalConfig(enabled=False))
+    report = compare(src, out, EvalConfig(per_layer=True))
+    errors = {t.name: t.max_abs_error for t in report.tensors}
+    assert 0 < errors["w1"] < 0.05 and 0 < errors["w1b"] < 0.05, errors
+    layers = {e.weight: e for e in report.evaluation.layers}
+    assert layers["w1"].sqnr_db > 30, layers["w1"]
+
+    half = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", onnx.TensorProto.FLOAT16, ["n", 1024])],
+        [("y", onnx.TensorProto.FLOAT16, ["n", 512])],
+        [tensor("W", (rng.standard_normal((1024, 512)) * 0.02).astype(np.float16))],
+    )
+    onnx.save(half, tmp_path / "h.onnx")
+    compress(
+        tmp_path / "h.onnx", tmp_path / "h8.onnx", CompressConfig(bits=8), EvalConfig(enabled=False)
+    )
+    producer = {o: n for n in onnx.load(tmp_path / "h8.onnx").graph.node for o in n.output}
+    assert producer["W"].op_type == "Mul" and producer["y"].op_type == "MatMul"
