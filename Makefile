@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_samples.py
 	$(BIN)/python bench/bench_holdout.py
 	$(BIN)/python bench/bench_rounding.py
+	$(BIN)/python bench/bench_eval_bound.py
 
 # prunequant on nine real pretrained models, scored by their task metrics on held-out
 # samples (builds the kit from ../shared/realmodels into ~/.cache/prunequant/realmodels;
