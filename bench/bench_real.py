@@ -33,7 +33,8 @@ Usage: ``python bench/bench_real.py [--models a,b] [--modes bits8,bits4,gptq4,se
 Environment: ``PRUNEQUANT_REALMODELS`` (kit cache, default ``~/.cache/prunequant/realmodels``),
 ``PRUNEQUANT_SHARED`` (default: ``shared/`` next to the repository),
 ``PRUNEQUANT_BENCH_TIME_BUDGET`` (search ``--time-budget``, default 600 s, the tool's own),
-``PRUNEQUANT_BENCH_METRIC_DROP`` (search ``--max-metric-drop``, default 0.02). The first two
+``PRUNEQUANT_BENCH_METRIC_DROP`` (search ``--max-metric-drop``, default 0.02),
+``PRUNEQUANT_BENCH_SPLIT_SEED`` (the calibration / held-out permutation, default 0). The first two
 are passed on to prunequant's processes, where ``real_metrics.py`` reads them.
 Writes ``build/bench_real.json``; the Markdown tables go to stdout, progress to stderr.
 """
@@ -494,7 +495,8 @@ def main() -> None:
     head = (
         f"prunequant on {len(names)} real models (realmodels kit), modes {','.join(modes)}. "
         "Metric: the kit's true-label task metric on the held-out half of each model's samples "
-        "(seed-0 permutation; oww_embedding by clip). file × = original / compressed bytes; "
+        f"(seed-{real_splits.SEED} permutation; oww_embedding by clip). file × = original / "
+        "compressed bytes; "
         "pq cos = prunequant's own min output cosine; pq metric fp32 / pq metric = prunequant's "
         "--metric (the same task metric, bench/real_metrics.py) of the original and the written "
         "model on the data it reported on; pq gate = its budget gate (search); latency × = "

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import real_metrics
 
-SEED = 0
+# PRUNEQUANT_BENCH_SPLIT_SEED picks another split (to see how much a result owes to which
+# samples fell in which half); the cached splits are rebuilt when it changes.
+SEED = int(os.environ.get("PRUNEQUANT_BENCH_SPLIT_SEED", "0"))
 # Bump when the layout of what is written changes: a stale split is then rebuilt.
 SCHEME = 2
 
