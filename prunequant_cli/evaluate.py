@@ -54,6 +54,9 @@ from prunequant_cli.report import Evaluation
 
 # Fewest samples in each calibration fold for a search to confirm its choice on a second fold.
 MIN_FOLD = 8
+# With a --metric, calibration folds run in at least this many batches (when the model's batch
+# is free), so that the metric drop's sampling noise can be estimated by resampling them.
+SPREAD_UNITS = 16
 
 __all__ = ["Comparison", "InputSpec", "closeness", "exposing_session", "open_session"]
 
@@ -541,6 +544,7 @@ class Comparison:
         judge = Judge(
             self.outputs, self.kinds, labels, self.metric, self.config.label_output, stress
         )
+        judge.unseen = self.holdout.samples  # what its verdicts must carry over to
         judge.check_labels(reference)
         return judge
 
@@ -551,13 +555,17 @@ class Comparison:
         cal = self.calibration
         assert cal is not None
         if cal.samples < 2 * MIN_FOLD:
-            return [(self.calibration_batches or [], cal.labels, cal.samples)]
-        fit, check = split_indices(cal.samples, 0.5, self.config.seed + 1, cal.labels)
+            parts = [cal]
+        else:
+            fit, check = split_indices(cal.samples, 0.5, self.config.seed + 1, cal.labels)
+            parts = [cal.take(fit), cal.take(check)]
         folds = []
-        for part in (cal.take(fit), cal.take(check)):
-            folds.append(
-                (list(part.batches(self.config.batch_size, self.fixed)), part.labels, part.samples)
-            )
+        for part in parts:
+            size = self.config.batch_size
+            if self.metric is not None:
+                # at least SPREAD_UNITS batches: what the metric's noise is resampled in
+                size = min(size, max(1, -(-part.samples // SPREAD_UNITS)))
+            folds.append((list(part.batches(size, self.fixed)), part.labels, part.samples))
         return folds
 
     def run(self, compressed: str | bytes) -> Evaluation:

@@ -40,6 +40,12 @@ LOSSLESS_TENSOR_TOLERANCE = 1e-2
 # The share of a cosine or metric-drop budget a search keeps in reserve for unseen samples.
 RESERVE = 0.1
 NEAR_FLIP = 4
+# A search's metric-drop verdict on its calibration samples must carry over to the held-out
+# samples: the drop measured there differs by sampling noise, which the judge estimates from
+# SPREAD_DRAWS seeded bootstrap resamples of the calibration batches; the verdict holds the drop
+# plus SPREAD_Z (one-sided 95%) times that noise to the budget.
+SPREAD_DRAWS = 16
+SPREAD_Z = 1.645
 
 
 # Ops whose output is class scores (or class ids), and ops that only move values around.
@@ -204,6 +210,9 @@ class Quality:
     metric_compressed: float | None = None
     # the metric of the candidate's output change amplified (Judge.stress), in a search
     metric_stressed: float | None = None
+    # in a search: the standard deviation of (metric drop another set of the held-out size
+    # would measure) minus (this one), from bootstrap resamples of these batches (Judge.units)
+    metric_drop_spread: float | None = None
     # class predictions moved by a quarter of their original margin (NEAR_FLIP): in the
     # agreement output, and in all class outputs together
     at_risk: int = 0
@@ -298,6 +307,7 @@ class Quality:
             "min_cosine": self.min_cosine,
             "max_relative_error": rel if math.isfinite(rel) else None,
             "metric": self.metric_compressed,
+            "metric_drop_noise": self.metric_drop_spread,
         }
 
 
@@ -379,7 +389,12 @@ class Judge:
     # > 0: the metric is also taken of the candidate's outputs moved this many times as far
     # from the reference's (Quality.metric_stressed), which a search holds to its budget
     stress: float = 0.0
+    # in a search: the samples in each batch, for the metric drop's sampling noise
+    # (Quality.metric_drop_spread), and how many samples the verdict must carry over to
+    units: Sequence[int] | None = None
+    unseen: int | None = None
     _metric_reference: float | None = field(default=None, repr=False)
+    _draws: list[tuple[list[int], Any, float]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         classes = [n for n in self.outputs if self.kinds.get(n, OutputKind(TENSOR)).kind == CLASS]
@@ -447,7 +462,51 @@ class Judge:
                 moved = zip(reference, candidate, strict=True)
                 stressed = [_stressed(r, c, self.stress) for r, c in moved]
                 q.metric_stressed = self.metric(self.outputs, reference, stressed, self.labels)
+            q.metric_drop_spread = self._spread(reference, candidate, q)
         return q
+
+    def _spread(self, reference: Batches, candidate: Batches, q: Quality) -> float | None:
+        """The sampling noise of the metric drop when measured on ``unseen`` other samples
+        instead of these n: the drop's variance v over seeded bootstrap resamples of the
+        batches (with replacement, the same resamples for every candidate) is that of a set
+        of n samples, so the difference of two independent sets has variance
+        v (1 + n / unseen). Bootstrap rather than subsamples: a metric over pairs of samples
+        (a verification ROC-AUC) degrades on fewer samples faster than 1/n, so the noise of
+        smaller subsets overstates it (measured on the kit's speaker encoder: x3 at half
+        size, x1.5 bootstrapped, per-sample metrics within 10%). None when the batches
+        cannot be resampled (fewer than 4, labels not one row per sample, or the metric
+        undefined on most resamples)."""
+        assert self.metric is not None and q.metric_drop is not None
+        units = list(self.units or [])
+        n = sum(units)
+        if len(units) < 4 or len(units) != len(reference):
+            return None
+        if self._draws is None:
+            labels = None if self.labels is None else np.asarray(self.labels)
+            if labels is not None and (labels.ndim == 0 or labels.shape[0] != n):
+                return None
+            starts = np.concatenate([[0], np.cumsum(units)[:-1]])
+            rng = np.random.default_rng(0)
+            self._draws = []
+            for _ in range(SPREAD_DRAWS):
+                pick = sorted(rng.choice(len(units), size=len(units)).tolist())
+                rows = np.concatenate([np.arange(starts[i], starts[i] + units[i]) for i in pick])
+                sub = None if labels is None else labels[rows]
+                ref = [reference[i] for i in pick]
+                with contextlib.suppress(UsageError):  # undefined on this subset: not drawn
+                    self._draws.append((pick, sub, self.metric(self.outputs, ref, ref, sub)))
+        variances = []
+        for pick, sub, original in self._draws:
+            got = [candidate[i] for i in pick]
+            try:
+                value = self.metric(self.outputs, [reference[i] for i in pick], got, sub)
+            except UsageError:
+                continue
+            variances.append((original - value - q.metric_drop) ** 2)
+        if len(variances) < SPREAD_DRAWS // 2:
+            return None  # the metric is not defined on enough subsets to tell
+        unseen = self.unseen or n
+        return math.sqrt(float(np.mean(variances)) * (1 + n / unseen))
 
     def _accuracy(
         self, q: Quality, pa: np.ndarray, pc: np.ndarray, risk: np.ndarray | None
@@ -646,7 +705,10 @@ class Budget:
         - a cosine or metric-drop budget keeps ``reserve`` (10%) of its allowance back, and on a
           model with class scores a metric-drop budget also bounds the share of near-flips
           by the relative drop it allows (``max_metric_drop / |original metric|``): with
-          few samples, a metric of whole samples cannot see a loss smaller than one of them.
+          few samples, a metric of whole samples cannot see a loss smaller than one of them;
+        - a metric drop also counts ``SPREAD_Z`` times its sampling noise
+          (``Quality.metric_drop_spread``): a drop that just fits these samples is as likely
+          as not to miss on others, and the fewer the samples, the larger the miss.
         """
         gates = []
         if self.lossless:
@@ -698,6 +760,8 @@ class Budget:
             value = None if q is None else q.metric_drop
             if strict and value is not None and q is not None:
                 value += reserve * abs(self.max_metric_drop)
+                if q.metric_drop_spread is not None:
+                    value += SPREAD_Z * q.metric_drop_spread
                 value = max(value, _near_flip_drop(q))
                 if q.metric_stressed is not None and q.metric_original is not None:
                     value = max(value, q.metric_original - q.metric_stressed)

@@ -655,11 +655,17 @@ def render_search(search: dict[str, Any], console: Console, verbose: bool) -> No
         ("max rel. error", "right"),
     ):
         pareto.add_column(col, justify=just)  # type: ignore[arg-type]
+    with_metric = any(t["quality"].get("metric") is not None for t in search["tried"])
+    if with_metric:  # ± the noise of its drop on another set of the held-out size
+        pareto.add_column("metric", justify="right")
     for t in sorted(search["tried"], key=lambda t: -t["weight_bytes"]):
         if t["pareto"] or verbose:
-            pareto.add_row(
-                cell(t["label"]), fmt_bytes(t["weight_bytes"]), *_quality_cells(t["quality"])
-            )
+            q = t["quality"]
+            cells = _quality_cells(q)
+            if with_metric:
+                noise = q.get("metric_drop_noise")
+                cells.append(_num(q.get("metric"), ".4g") + (f" ±{noise:.2g}" if noise else ""))
+            pareto.add_row(cell(t["label"]), fmt_bytes(t["weight_bytes"]), *cells)
     console.print(pareto)
     if verbose:
         rows: dict[str, dict[str, float]] = {}

@@ -35,7 +35,7 @@ from prunequant_cli.bias import Correctable, bias_shift
 from prunequant_cli.config import CompressConfig
 from prunequant_cli.data import cut, samples_of
 from prunequant_cli.evaluate import open_session
-from prunequant_cli.judge import Budget, Judge, Quality
+from prunequant_cli.judge import RESERVE, Budget, Judge, Quality
 from prunequant_cli.passes import make_payload
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.selection import WeightSite
@@ -44,7 +44,8 @@ from prunequant_cli.selection import WeightSite
 CONFIRM_LADDER = (0.7, 0.5, 0.25)  # damage of the larger confirmation candidates
 CONFIRM_CHECKS = 5
 # The share of a cosine or metric-drop allowance the confirming fold keeps back: the one
-# unbiased reading of a state must leave room for the noise of another set of samples.
+# unbiased reading of a state must leave room for the noise of another set of samples
+# (when the metric drop's noise is measured, Quality.metric_drop_spread, it is used instead).
 CONFIRM_RESERVE = 0.5
 
 SUBSET_SAMPLES = 128
@@ -155,6 +156,9 @@ class Probe:
         self.judges = [
             make_judge(r, f.labels) for r, f in zip(self.references, self.folds, strict=True)
         ]
+        for judge, f in zip(self.judges, self.folds, strict=True):
+            # the batches are the units the metric drop's sampling noise is resampled in
+            judge.units = [self._samples(b) for b in f.batches]
         self.batches, self.reference, self.judge = (
             self.folds[0].batches,
             self.references[0],
@@ -634,7 +638,9 @@ def _confirm(
         t0 = time.perf_counter()
         qc = probe.quality(overrides_of(state, store=False), fold=1)
         clock.cost["check"] = time.perf_counter() - t0
-        ok = budget.holds(qc, strict=True, reserve=CONFIRM_RESERVE)
+        # The reserve stands in for the noise of other samples, unless it was measured.
+        reserve = RESERVE if qc.metric_drop_spread is not None else CONFIRM_RESERVE
+        ok = budget.holds(qc, strict=True, reserve=reserve)
         checked.append(
             {"label": lab, "weight_bytes": weight_bytes(state), "quality": qc.to_dict(), "held": ok}
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -192,6 +193,98 @@ def test_a_search_holds_a_metric_also_with_the_output_change_doubled():
     assert not Budget(min_metric=0.9).holds(stressed, strict=True)
 
 
+def _mean_metric(reference, candidate, labels):
+    """The mean of output ``y`` over all samples (higher is better)."""
+    return float(np.mean(np.concatenate([b["y"].reshape(-1) for b in candidate])))
+
+
+def test_the_metric_drop_noise_is_estimated_by_resampling():
+    """Judge.units: the search's judge resamples its batches to estimate how far the drop
+    measured on ``unseen`` other samples may fall from this one. For a mean metric the truth
+    is known: a per-sample drop of spread s gives sd(other - this) = s * sqrt(1/n + 1/unseen).
+    The estimate follows it (averaged over many sample sets), is 0 for a candidate that
+    changes nothing, and is None when the batches cannot be resampled."""
+    from prunequant_cli.judge import Metric
+
+    metric = Metric("mean", _mean_metric)
+    rng = np.random.default_rng(3)
+    n, unseen, s = 32, 48, 0.05
+    estimates = []
+    for _ in range(60):
+        a = rng.normal(1.0, 0.2, (n, 1)).astype(np.float64)
+        c = a - rng.normal(0.01, s, (n, 1))
+        judge = Judge(["y"], {}, metric=metric, units=[1] * n, unseen=unseen)
+        q = judge.measure([[x] for x in a], [[x] for x in c])
+        assert q.metric_drop == pytest.approx(float(np.mean(a - c)))
+        estimates.append(q.metric_drop_spread)
+    truth = s * np.sqrt(1 / n + 1 / unseen)
+    assert np.mean(estimates) == pytest.approx(truth, rel=0.2)
+    same = Judge(["y"], {}, metric=metric, units=[1] * n).measure(
+        [[x] for x in a], [[x] for x in a]
+    )
+    assert same.metric_drop_spread == 0.0
+    few = Judge(["y"], {}, metric=metric, units=[n // 2, n // 2])
+    assert few.measure([[a[:16]], [a[16:]]], [[c[:16]], [c[16:]]]).metric_drop_spread is None
+    # labels that are not one row per sample cannot follow the resampled batches
+    odd = Judge(["y"], {}, labels=np.zeros(3), metric=metric, units=[1] * n)
+    assert odd.measure([[x] for x in a], [[x] for x in c]).metric_drop_spread is None
+    # without units (the report's judge) nothing is resampled
+    plain = Judge(["y"], {}, metric=metric).measure([[x] for x in a], [[x] for x in c])
+    assert plain.metric_drop_spread is None
+
+    # a metric undefined on resamples (here: on repeated samples) is no error, only no noise
+    def distinct(reference, candidate, labels):
+        values = np.concatenate([b["y"].reshape(-1) for b in reference])
+        if len(np.unique(values)) < len(values):
+            raise ValueError("a sample twice")
+        return _mean_metric(reference, candidate, labels)
+
+    picky = Judge(["y"], {}, metric=Metric("distinct", distinct), units=[1] * n)
+    q = picky.measure([[x] for x in a], [[x] for x in c])
+    assert q.metric_drop is not None and q.metric_drop_spread is None
+
+
+def test_resampled_labels_follow_their_batches():
+    """Batches of unequal size: each resample hands the metric the label rows of the
+    batches it picked, so a metric scoring against labels sees a consistent subset."""
+    from prunequant_cli.judge import Metric
+
+    seen = []
+
+    def right(reference, candidate, labels):
+        preds = np.concatenate([b["y"].reshape(-1) for b in candidate])
+        assert preds.shape == labels.shape
+        seen.append(len(labels))
+        return float(np.mean(preds == labels))
+
+    labels = np.arange(10) % 3
+    sizes = [1, 2, 3, 1, 2, 1]
+    bounds = np.cumsum([0, *sizes])
+    ref = [[labels[i:j].astype(np.float64)] for i, j in itertools.pairwise(bounds)]
+    cand = [[b[0].copy()] for b in ref]
+    cand[2][0][0] += 1  # one sample of the third batch goes wrong
+    judge = Judge(["y"], {}, labels=labels, metric=Metric("right", right), units=sizes)
+    q = judge.measure(ref, cand)
+    assert q.metric_drop == pytest.approx(0.1)
+    assert q.metric_drop_spread is not None and q.metric_drop_spread > 0
+    assert len(set(seen)) > 1  # the resamples differ in size, and each was consistent
+
+
+def test_a_search_holds_the_metric_drop_plus_its_noise_to_the_budget():
+    """What just fits the calibration samples is as likely as not to miss on others: the
+    strict reading adds SPREAD_Z times the drop's noise; the report's reading does not."""
+    from prunequant_cli.judge import RESERVE, SPREAD_Z
+
+    budget = Budget(max_metric_drop=0.02)
+    q = _quality(metric_original=0.9, metric_compressed=0.89)
+    assert budget.holds(q) and budget.holds(q, strict=True)
+    q.metric_drop_spread = 0.004
+    assert 0.01 + RESERVE * 0.02 + SPREAD_Z * 0.004 < 0.02
+    assert budget.holds(q, strict=True)
+    q.metric_drop_spread = 0.006
+    assert budget.holds(q) and not budget.holds(q, strict=True)
+
+
 def test_near_flips_of_probabilities_are_measured_in_log_space():
     """A saturated Softmax output that falls from 0.99999 to 0.9 lost most of its margin in
     logits although it moved by 0.1: a near-flip. A rival rising from 1e-9 to 1e-8 is not."""
@@ -274,6 +367,9 @@ def test_metric_budget_search_and_gate(tmp_path):
     assert gate["passed"] == (metric["drop"] <= 0.02) == (r.exit_code == 0)
     assert metric["original"] == pytest.approx(doc["evaluation"]["accuracy"]["original"])
     assert doc["search"]["budget"]["max_metric_drop"] == 0.02
+    # the search resampled its calibration batches for the noise of each metric drop
+    noise = [t["quality"]["metric_drop_noise"] for t in doc["search"]["tried"][1:]]
+    assert all(x is not None for x in noise) and max(noise) > 0
     assert doc["compression_ratio"] > 3
     run_both(SAMPLES / "digits_mlp.onnx", out)
 
