@@ -54,8 +54,9 @@ from prunequant_cli.report import Evaluation
 
 # Fewest samples in each calibration fold for a search to confirm its choice on a second fold.
 MIN_FOLD = 8
-# With a --metric, calibration folds run in at least this many batches (when the model's batch
-# is free), so that the metric drop's sampling noise can be estimated by resampling them.
+# With a --metric, calibration folds and held-out samples run in at least this many batches
+# (when the model's batch is free), so that the metric drop's sampling noise can be estimated
+# by resampling them.
 SPREAD_UNITS = 16
 
 __all__ = ["Comparison", "InputSpec", "closeness", "exposing_session", "open_session"]
@@ -374,7 +375,14 @@ class Comparison:
         if config.samples is not None and self.holdout.samples > config.samples:
             self.holdout = self.holdout.take(range(config.samples))
         self.notes.extend(self.holdout.notes)
-        self.batches = list(self.holdout.batches(config.batch_size, self.fixed))
+        if self.metric is not None and self.fixed is None:
+            # the metric drop's interval resamples batches: at least SPREAD_UNITS of them, and
+            # latency is still timed on a batch of --batch-size
+            self.latency_feed = next(iter(self.holdout.batches(config.batch_size, None)), None)
+            size = min(config.batch_size, max(1, -(-self.holdout.samples // SPREAD_UNITS)))
+        else:
+            size = config.batch_size
+        self.batches = list(self.holdout.batches(size, self.fixed))
         # The original runs now, before anything is written: a model that onnxruntime
         # cannot run (or that hangs) fails the run while the output folder is untouched.
         self.reference = run_batches(self.session, self.batches, "original")
@@ -385,6 +393,7 @@ class Comparison:
             if inferred:
                 self.notes.append(f"the labels are taken to refer to output {inferred!r}")
         self.judge = Judge(self.outputs, self.kinds, self.labels, self.metric, config.label_output)
+        self.judge.units = [samples_of(b, self.holdout.axes) for b in self.batches]
         set_aside = self.judge.check_labels(self.reference)
         if set_aside:
             self.notes.append(set_aside)

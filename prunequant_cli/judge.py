@@ -210,8 +210,9 @@ class Quality:
     metric_compressed: float | None = None
     # the metric of the candidate's output change amplified (Judge.stress), in a search
     metric_stressed: float | None = None
-    # in a search: the standard deviation of (metric drop another set of the held-out size
-    # would measure) minus (this one), from bootstrap resamples of these batches (Judge.units)
+    # the standard deviation of the metric drop measured here, from bootstrap resamples of
+    # the batches (Judge.units); in a search (Judge.unseen) of (the drop another set of the
+    # held-out size would measure) minus (this one)
     metric_drop_spread: float | None = None
     # class predictions moved by a quarter of their original margin (NEAR_FLIP): in the
     # agreement output, and in all class outputs together
@@ -279,6 +280,14 @@ class Quality:
         if self.metric_original is None or self.metric_compressed is None:
             return None
         return self.metric_original - self.metric_compressed
+
+    @property
+    def metric_drop_interval(self) -> tuple[float, float] | None:
+        """95% confidence interval of the metric drop (normal, from its bootstrap noise)."""
+        if self.metric_drop is None or self.metric_drop_spread is None:
+            return None
+        half = 1.96 * self.metric_drop_spread
+        return self.metric_drop - half, self.metric_drop + half
 
     @property
     def min_cosine(self) -> float | None:
@@ -466,16 +475,16 @@ class Judge:
         return q
 
     def _spread(self, reference: Batches, candidate: Batches, q: Quality) -> float | None:
-        """The sampling noise of the metric drop when measured on ``unseen`` other samples
-        instead of these n: the drop's variance v over seeded bootstrap resamples of the
-        batches (with replacement, the same resamples for every candidate) is that of a set
-        of n samples, so the difference of two independent sets has variance
-        v (1 + n / unseen). Bootstrap rather than subsamples: a metric over pairs of samples
-        (a verification ROC-AUC) degrades on fewer samples faster than 1/n, so the noise of
-        smaller subsets overstates it (measured on the kit's speaker encoder: x3 at half
-        size, x1.5 bootstrapped, per-sample metrics within 10%). None when the batches
-        cannot be resampled (fewer than 4, labels not one row per sample, or the metric
-        undefined on most resamples)."""
+        """The sampling noise of the metric drop on these n samples, or (with ``unseen``) of
+        the drop measured on ``unseen`` other samples instead: the drop's variance v over
+        seeded bootstrap resamples of the batches (with replacement, the same resamples for
+        every candidate) is that of a set of n samples, so the difference of two independent
+        sets has variance v (1 + n / unseen). Bootstrap rather than subsamples: a metric over
+        pairs of samples (a verification ROC-AUC) degrades on fewer samples faster than 1/n,
+        so smaller subsets overstate its noise (``bench/bench_noise.py`` measures the
+        estimate against the truth on the kit). None when the batches cannot be resampled
+        (fewer than 4, labels not one row per sample, or the metric undefined on most
+        resamples)."""
         assert self.metric is not None and q.metric_drop is not None
         units = list(self.units or [])
         n = sum(units)
@@ -505,8 +514,8 @@ class Judge:
             variances.append((original - value - q.metric_drop) ** 2)
         if len(variances) < SPREAD_DRAWS // 2:
             return None  # the metric is not defined on enough subsets to tell
-        unseen = self.unseen or n
-        return math.sqrt(float(np.mean(variances)) * (1 + n / unseen))
+        carry = 1 + n / self.unseen if self.unseen else 1.0
+        return math.sqrt(float(np.mean(variances)) * carry)
 
     def _accuracy(
         self, q: Quality, pa: np.ndarray, pc: np.ndarray, risk: np.ndarray | None
@@ -765,15 +774,18 @@ class Budget:
                 value = max(value, _near_flip_drop(q))
                 if q.metric_stressed is not None and q.metric_original is not None:
                     value = max(value, q.metric_original - q.metric_stressed)
-            gates.append(
-                _bound(
-                    "--max-metric-drop",
-                    self.max_metric_drop,
-                    value,
-                    value is None or value <= self.max_metric_drop + 1e-12,
-                    "no --metric measured",
-                )
+            gate = _bound(
+                "--max-metric-drop",
+                self.max_metric_drop,
+                value,
+                value is None or value <= self.max_metric_drop + 1e-12,
+                "no --metric measured",
             )
+            interval = None if strict or q is None else q.metric_drop_interval
+            if interval is not None and interval[0] <= self.max_metric_drop < interval[1]:
+                note = f"95% interval [{interval[0]:.3g}, {interval[1]:.3g}] straddles the budget"
+                gate.reason = f"{gate.reason} ({note})" if gate.reason else note
+            gates.append(gate)
         return gates
 
     def words(self) -> str:

@@ -248,6 +248,7 @@ class Evaluation:
                 "original": self.quality.metric_original,
                 "compressed": self.quality.metric_compressed,
                 "drop": self.quality.metric_drop,
+                "drop_interval_95": self._interval("metric_drop_interval"),
             },
             "outputs": [o.to_dict() for o in self.outputs],
             "layers": None if self.layers is None else [x.to_dict() for x in self.layers],
@@ -414,6 +415,11 @@ def _num(x: float | None, spec: str = ".4g") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def _metric_ci(interval: tuple[float, float] | None) -> str:
+    """' (95% CI lo…hi)' of a metric's change (minus its drop), or ''."""
+    return "" if interval is None else f" (95% CI {-interval[1]:+.3g}…{-interval[0]:+.3g})"
+
+
 def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
     """(what, original, compressed, change) rows: the comparison, for any renderer."""
     o, c = report.original, report.compressed
@@ -471,7 +477,7 @@ def summary_rows(report: CompressReport) -> list[tuple[str, str, str, str]]:
                 f"metric ({ev.metric_name})",
                 _num(q.metric_original, ".6g"),
                 _num(q.metric_compressed, ".6g"),
-                f"{-(q.metric_drop or 0.0) + 0.0:+.4g}",
+                f"{-(q.metric_drop or 0.0) + 0.0:+.4g}{_metric_ci(q.metric_drop_interval)}",
             )
         )
     for out in ev.outputs:

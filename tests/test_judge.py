@@ -283,6 +283,11 @@ def test_a_search_holds_the_metric_drop_plus_its_noise_to_the_budget():
     assert budget.holds(q, strict=True)
     q.metric_drop_spread = 0.006
     assert budget.holds(q) and not budget.holds(q, strict=True)
+    # the report's reading: the 95% interval 0.01 +- 1.96 x 0.006 straddles the budget
+    (gate,) = budget.verdicts(q)
+    assert gate.passed and "straddles the budget" in (gate.reason or "")
+    lo, hi = q.metric_drop_interval or (0, 0)
+    assert lo == pytest.approx(0.01 - 1.96 * 0.006) and hi == pytest.approx(0.01 + 1.96 * 0.006)
 
 
 def test_near_flips_of_probabilities_are_measured_in_log_space():
@@ -370,6 +375,9 @@ def test_metric_budget_search_and_gate(tmp_path):
     # the search resampled its calibration batches for the noise of each metric drop
     noise = [t["quality"]["metric_drop_noise"] for t in doc["search"]["tried"][1:]]
     assert all(x is not None for x in noise) and max(noise) > 0
+    # and the held-out drop comes with its 95% interval, from resampling the held-out batches
+    lo, hi = metric["drop_interval_95"]
+    assert lo <= metric["drop"] <= hi  # [0, 0] when no held-out prediction changed
     assert doc["compression_ratio"] > 3
     run_both(SAMPLES / "digits_mlp.onnx", out)
 
