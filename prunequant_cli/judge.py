@@ -515,7 +515,8 @@ class Judge:
         if len(variances) < SPREAD_DRAWS // 2:
             return None  # the metric is not defined on enough subsets to tell
         carry = 1 + n / self.unseen if self.unseen else 1.0
-        return math.sqrt(float(np.mean(variances)) * carry)
+        k = len(units)  # a bootstrap's variance of a mean is (k - 1) / k of the truth
+        return math.sqrt(float(np.mean(variances)) * k / (k - 1) * carry)
 
     def _accuracy(
         self, q: Quality, pa: np.ndarray, pc: np.ndarray, risk: np.ndarray | None

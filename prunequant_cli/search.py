@@ -619,9 +619,9 @@ def _confirm(
             order.append((lab, state, q))
             least = min(least, damage)
     # A few candidates only: the smallest, the smallest with 0.7, a half and a quarter of
-    # its damage (further from the edge of the budget, so likelier to carry over), and all
-    # int8 when it held. Trying every one until one passes would make the confirming fold
-    # choose, not confirm.
+    # its damage (further from the edge of the budget, so likelier to carry over), all int8
+    # when it held, and the least damaged of all. Trying every one until one passes would
+    # make the confirming fold choose, not confirm.
     if len(order) > CONFIRM_CHECKS:
         damages = [q.max_relative_error for _, _, q in order]
         first = next((d for d in damages if math.isfinite(d)), 0.0)
@@ -630,6 +630,8 @@ def _confirm(
             inside = (i for i, d in enumerate(damages) if d <= share * first)
             picks.add(next(inside, len(order) - 1))
         picks |= {i for i, (lab, _, _) in enumerate(order) if lab == f"all {label(INT8)}"}
+        # the least damage that still compresses: the safest bet
+        picks.add(min(range(len(order)), key=lambda i: (damages[i], i)))
         order = [order[i] for i in sorted(picks)]
     checked: list[dict[str, Any]] = []
     for i, (lab, state, q) in enumerate(order):

@@ -309,8 +309,8 @@ def test_unbounded_damage_is_null_in_the_json():
 
 def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards():
     """The confirming fold sees the smallest held state, the smallest ones with 0.7, a half
-    and a quarter of its damage, and all int8; never a state larger and more damaged than
-    another."""
+    and a quarter of its damage, all int8, and the least damaged state; never a state larger
+    and more damaged than another (all int8 aside)."""
     import time
 
     from prunequant_cli.judge import Budget, Quality
@@ -329,7 +329,8 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
         ("half", 130, 0.2),
         ("quarter", 150, 0.09),
         ("safer still", 160, 0.01),
-        (f"all {label(INT8)}", 400, 0.001),
+        ("larger, not safer", 170, 0.015),
+        (f"all {label(INT8)}", 400, 0.02),
     ]
     held = [("all float", {}, quality(0.0))]
     held += [(lab, {"w": (lab, size)}, quality(err)) for lab, size, err in states]
@@ -340,7 +341,7 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
         def quality(self, overrides, fold):
             checked_on_fold.append((overrides["w"][0], fold))
             # "half" would pass the gate (0.993 >= 0.99) but not with half the allowance kept
-            cosine = {"quarter": 0.999, "half": 0.993}.get(overrides["w"][0], 0.5)
+            cosine = {"safer still": 0.999, "half": 0.993}.get(overrides["w"][0], 0.5)
             return quality(0.5, cosine)
 
     state, _, checked = _confirm(
@@ -351,8 +352,8 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
         lambda s: size[s["w"][0]] if s else 0,
         lambda s, store: s,
     )
-    assert [c["label"] for c in checked] == ["edge", "0.7", "half", "quarter"]
-    assert all(fold == 1 for _, fold in checked_on_fold) and state["w"][0] == "quarter"
+    assert [c["label"] for c in checked] == ["edge", "0.7", "half", "quarter", "safer still"]
+    assert all(fold == 1 for _, fold in checked_on_fold) and state["w"][0] == "safer still"
 
 
 def test_without_a_confirming_fold_the_metric_is_stressed_more(tmp_path):
