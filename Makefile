@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-real samples clean
+.PHONY: install demo test lint bench bench-real bench-noise samples clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: $(STAMP)
 # see bench/bench_real.py). BENCH_REAL_ARGS="--models ppocr_cls --modes bits8" for a subset.
 bench-real: $(STAMP)
 	$(BIN)/python bench/bench_real.py $(BENCH_REAL_ARGS)
+
+# The search's estimate of a metric drop's noise against the truth, on the kit's splits
+# (after bench-real has built them).
+bench-noise: $(STAMP)
+	$(BIN)/python bench/bench_noise.py
 
 # Retrain and re-export the sample models (dev-only: installs torch and scikit-learn).
 samples: $(STAMP)

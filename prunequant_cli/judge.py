@@ -718,7 +718,8 @@ class Budget:
           few samples, a metric of whole samples cannot see a loss smaller than one of them;
         - a metric drop also counts ``SPREAD_Z`` times its sampling noise
           (``Quality.metric_drop_spread``): a drop that just fits these samples is as likely
-          as not to miss on others, and the fewer the samples, the larger the miss.
+          as not to miss on others, and the fewer the samples, the larger the miss; a metric
+          that rose is then read as no drop (a gain by chance is noise, not room).
         """
         gates = []
         if self.lossless:
@@ -769,9 +770,10 @@ class Budget:
         if self.max_metric_drop is not None:
             value = None if q is None else q.metric_drop
             if strict and value is not None and q is not None:
-                value += reserve * abs(self.max_metric_drop)
                 if q.metric_drop_spread is not None:
-                    value += SPREAD_Z * q.metric_drop_spread
+                    # a gain by chance does not pay for the noise: it is noise
+                    value = max(value, 0.0) + SPREAD_Z * q.metric_drop_spread
+                value += reserve * abs(self.max_metric_drop)
                 value = max(value, _near_flip_drop(q))
                 if q.metric_stressed is not None and q.metric_original is not None:
                     value = max(value, q.metric_original - q.metric_stressed)

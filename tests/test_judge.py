@@ -283,6 +283,9 @@ def test_a_search_holds_the_metric_drop_plus_its_noise_to_the_budget():
     assert budget.holds(q, strict=True)
     q.metric_drop_spread = 0.006
     assert budget.holds(q) and not budget.holds(q, strict=True)
+    # a metric that rose by chance, as far as the noise goes, leaves no room to spend
+    lucky = _quality(metric_original=0.9, metric_compressed=0.92, metric_drop_spread=0.012)
+    assert budget.holds(lucky) and not budget.holds(lucky, strict=True)
     # the report's reading: the 95% interval 0.01 +- 1.96 x 0.006 straddles the budget
     (gate,) = budget.verdicts(q)
     assert gate.passed and "straddles the budget" in (gate.reason or "")
