@@ -398,8 +398,9 @@ class Judge:
     # > 0: the metric is also taken of the candidate's outputs moved this many times as far
     # from the reference's (Quality.metric_stressed), which a search holds to its budget
     stress: float = 0.0
-    # in a search: the samples in each batch, for the metric drop's sampling noise
-    # (Quality.metric_drop_spread), and how many samples the verdict must carry over to
+    # the samples in each batch, for the metric drop's sampling noise
+    # (Quality.metric_drop_spread), and in a search how many samples its verdicts must
+    # carry over to
     units: Sequence[int] | None = None
     unseen: int | None = None
     _metric_reference: float | None = field(default=None, repr=False)
