@@ -59,6 +59,13 @@ MIN_FOLD = 8
 # by resampling them.
 SPREAD_UNITS = 16
 
+
+def _resampling_batch(samples: int, batch_size: int) -> int:
+    """The batch size that cuts ``samples`` into at least SPREAD_UNITS batches (at most
+    ``batch_size``), so that a metric's noise can be estimated by resampling them."""
+    return min(batch_size, max(1, -(-samples // SPREAD_UNITS)))
+
+
 __all__ = ["Comparison", "InputSpec", "closeness", "exposing_session", "open_session"]
 
 WARMUP_RUNS = 3
@@ -379,7 +386,7 @@ class Comparison:
             # the metric drop's interval resamples batches: at least SPREAD_UNITS of them, and
             # latency is still timed on a batch of --batch-size
             self.latency_feed = next(iter(self.holdout.batches(config.batch_size, None)), None)
-            size = min(config.batch_size, max(1, -(-self.holdout.samples // SPREAD_UNITS)))
+            size = _resampling_batch(self.holdout.samples, config.batch_size)
         else:
             size = config.batch_size
         self.batches = list(self.holdout.batches(size, self.fixed))
@@ -571,9 +578,8 @@ class Comparison:
         folds = []
         for part in parts:
             size = self.config.batch_size
-            if self.metric is not None:
-                # at least SPREAD_UNITS batches: what the metric's noise is resampled in
-                size = min(size, max(1, -(-part.samples // SPREAD_UNITS)))
+            if self.metric is not None:  # the batches the metric's noise is resampled in
+                size = _resampling_batch(part.samples, size)
             folds.append((list(part.batches(size, self.fixed)), part.labels, part.samples))
         return folds
 

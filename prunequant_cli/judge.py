@@ -404,6 +404,7 @@ class Judge:
     units: Sequence[int] | None = None
     unseen: int | None = None
     _metric_reference: float | None = field(default=None, repr=False)
+    # per bootstrap resample: the batches drawn, their labels, the reference's own metric
     _draws: list[tuple[list[int], Any, float]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
