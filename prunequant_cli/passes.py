@@ -244,6 +244,140 @@ class FoldWeightTransposesPass(ir.passes.InPlacePass):
         self.folded.append(out.name)
 
 
+def _constant(value: ir.Value | None) -> tuple[ir.TensorProtocol, ir.Node | None] | None:
+    """(tensor, the Constant node that makes it or None for an initializer) of a float
+    constant ``value`` that no one can override at run time; else None."""
+    if value is None or value.is_graph_input() or value.is_graph_output():
+        return None
+    producer = value.producer()
+    if producer is None:
+        tensor = value.const_value
+        node = None
+    elif (
+        producer.op_type == "Constant"
+        and producer.domain in ("", "ai.onnx")
+        and set(producer.attributes) == {"value"}
+    ):
+        tensor, node = producer.attributes["value"].as_tensor(), producer
+    else:
+        return None
+    if tensor is None or tensor.dtype not in FLOAT_TYPES:
+        return None
+    return tensor, node
+
+
+def _drop_if_unused(value: ir.Value, node: ir.Node | None) -> None:
+    """Remove a constant nothing reads any more (its Constant node, or its initializer)."""
+    if value.uses() or value.is_graph_output():
+        return
+    if node is not None:
+        node.graph.remove(node, safe=True)  # type: ignore[union-attr]
+    elif value.graph is not None and value.name in value.graph.initializers:
+        value.graph.initializers.pop(value.name)  # type: ignore[arg-type]
+
+
+class FoldBatchNormPass(ir.passes.InPlacePass):
+    """A BatchNormalization right after a Conv becomes part of the Conv's weight and bias.
+
+    At inference a BatchNormalization is a per-channel scale s = γ/√(var+ε) and shift, so
+    Conv(x, W, b) followed by it is Conv(x, W·s, (b − mean)·s + β): the same computation
+    (onnxruntime fuses it so at load), with four vectors per channel fewer to store. In
+    MobileNet-style models (the OCR models of the real-model kit) those vectors weigh as
+    much as the 4-bit weights they follow. Per-channel codes are unchanged by the fold (a
+    scale per output channel is absorbed by that channel's code scale); the importance
+    of a channel is then measured on the weight that really acts.
+
+    Folded only when the Conv's output feeds nothing else, its weight (and bias) is a
+    constant read by this Conv alone, and the statistics are constants of one value per
+    output channel, in inference mode.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded: list[str] = []  # the Conv weights that took a BatchNormalization in
+        self.saved_bytes = 0  # the float bytes of statistics no longer stored
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        names = encodings.NameAuthority(model)
+        for graph, node in _standard_nodes(model, "BatchNormalization"):
+            self._fold(graph, node, names)
+        return ir.passes.PassResult(model, modified=bool(self.folded))
+
+    def _fold(self, graph: ir.Graph, bn: ir.Node, names: encodings.NameAuthority) -> None:
+        if len(bn.inputs) != 5 or any(v is None for v in bn.inputs):
+            return
+        if bn.attributes.get_int("training_mode", 0) or not bn.attributes.get_int("spatial", 1):
+            return
+        if any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
+            return
+        x, out = bn.inputs[0], bn.outputs[0]
+        conv = x.producer()  # type: ignore[union-attr]
+        if (
+            conv is None
+            or conv.op_type != "Conv"
+            or conv.domain not in ("", "ai.onnx")
+            or conv.graph is not graph
+            or len(x.uses()) != 1  # type: ignore[union-attr]
+            or x.is_graph_output()  # type: ignore[union-attr]
+            or len(conv.inputs) < 2
+        ):
+            return
+        weight = conv.inputs[1]
+        found = _constant(weight)
+        if weight is None or found is None or found[1] is not None or len(weight.uses()) != 1:
+            return
+        w = found[0].numpy()
+        bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+        old_bias = _constant(bias) if bias is not None else None
+        if bias is not None and (old_bias is None or len(bias.uses()) != 1):
+            return
+        stats = [_constant(v) for v in bn.inputs[1:]]
+        if any(s is None for s in stats) or w.ndim < 3:
+            return
+        channels = w.shape[0]
+        params = [s[0].numpy().astype(np.float64) for s in stats]  # type: ignore[index]
+        if any(p.shape != (channels,) for p in params):
+            return
+        gamma, beta, mean, var = params
+        scale = gamma / np.sqrt(var + bn.attributes.get_float("epsilon", 1e-5))
+        b = np.zeros(channels) if old_bias is None else old_bias[0].numpy().astype(np.float64)
+        if b.shape != (channels,) or not np.isfinite(scale).all():
+            return
+        folded_w = w.astype(np.float64) * scale.reshape(-1, *([1] * (w.ndim - 1)))
+        folded_b = ((b - mean) * scale + beta).astype(w.dtype)
+        weight.const_value = ir.Tensor(folded_w.astype(w.dtype), name=weight.name)
+        if bias is not None and old_bias is not None and old_bias[1] is None:
+            bias.const_value = ir.Tensor(folded_b, name=bias.name)
+        else:
+            name = names.fresh(f"{weight.name}_bias")
+            new_bias = ir.Value(
+                name=name,
+                shape=ir.Shape([channels]),
+                type=ir.TensorType(found[0].dtype),
+                const_value=ir.Tensor(folded_b, name=name),
+            )
+            graph.register_initializer(new_bias)
+            if bias is not None:
+                conv.replace_input_with(2, new_bias)
+                _drop_if_unused(bias, old_bias[1] if old_bias else None)
+            else:
+                conv.resize_inputs(3)
+                conv.replace_input_with(2, new_bias)
+        # The Conv's output takes the BatchNormalization's place, and its name.
+        held = list(bn.inputs[1:])
+        if out.type is not None:  # the same tensor: a graph output must keep its type
+            x.type, x.shape = out.type, out.shape  # type: ignore[union-attr]
+        out.replace_all_uses_with(x, replace_graph_outputs=True)  # type: ignore[arg-type]
+        graph.remove(bn, safe=True)
+        out_name, out.name = out.name, None
+        x.name = out_name  # type: ignore[union-attr]
+        for value, (tensor, node) in zip(held, stats, strict=True):  # type: ignore[misc]
+            self.saved_bytes += int(tensor.nbytes)
+            _drop_if_unused(value, node)  # type: ignore[arg-type]
+        self.saved_bytes -= int(folded_b.nbytes) if old_bias is None else 0
+        self.folded.append(weight.name or "")
+
+
 class _WeightPass(ir.passes.InPlacePass):
     """A pass over the selected weights, filling in their records."""
 

@@ -74,8 +74,11 @@ def test_float_weights_are_gone_and_the_rest_is_bit_identical(tmp_path, name):
     for w in weights:
         assert w not in after  # no dead float copy left behind
         assert any(name.startswith(f"{w}.") for name in after)
+    folded = {"gamma", "beta", "mean", "var"} if name == "conv-bn" else set()
     for keep, proto in before.items():
-        if keep not in weights:
+        if keep in folded:  # the statistics of a BatchNormalization folded into its Conv
+            assert keep not in after
+        elif keep not in weights:
             assert after[keep].SerializeToString() == proto.SerializeToString()
 
 
@@ -550,3 +553,63 @@ def test_a_weight_read_through_a_transpose_is_stored_transposed_and_compressed(t
     assert any("read through a Transpose" in n for n in report.notes)
     assert_close_outputs(src, out, min_cosine=0.9999)
     assert "Transpose" not in {n.op_type for n in onnx.load(out).graph.node}
+
+
+def _conv_bn(bias: bool, bn_out_is_output: bool, extra_use: bool = False, shared: bool = False):
+    """Conv (with or without bias) -> BatchNormalization -> Relu; optionally the Conv's output
+    also read elsewhere, or its weight shared with a second Conv."""
+    conv_inputs = ["x", "W", "b"] if bias else ["x", "W"]
+    nodes = [
+        helper.make_node("Conv", conv_inputs, ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "g", "be", "m", "v"], ["n"], epsilon=1e-3),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    outputs = [("y", FLOAT, ["N", 8, 6, 6])]
+    if bn_out_is_output:
+        outputs.append(("n", FLOAT, ["N", 8, 6, 6]))
+    if extra_use:
+        nodes.append(helper.make_node("Sigmoid", ["c"], ["s"]))
+        outputs.append(("s", FLOAT, ["N", 8, 6, 6]))
+    if shared:
+        nodes.append(helper.make_node("Conv", ["x", "W"], ["c2"], pads=[1, 1, 1, 1]))
+        outputs.append(("c2", FLOAT, ["N", 8, 6, 6]))
+    inits = [
+        tensor("W", rand((8, 3, 3, 3), 1)),
+        tensor("g", rand((8,), 2) + 1.5),
+        tensor("be", rand((8,), 3)),
+        tensor("m", rand((8,), 4)),
+        tensor("v", np.abs(rand((8,), 5)) + 0.2),
+    ]
+    if bias:
+        inits.append(tensor("b", rand((8,), 6)))
+    return make_model(nodes, [("x", FLOAT, ["N", 3, 6, 6])], outputs, inits)
+
+
+@pytest.mark.parametrize(("bias", "bn_out_is_output"), [(False, False), (True, True)])
+def test_a_batchnorm_after_a_conv_is_folded_into_it(tmp_path, bias, bn_out_is_output):
+    src = save(_conv_bn(bias, bn_out_is_output), tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=None), NO_EVAL)
+    assert any("1 BatchNormalization(s) folded into the Conv" in n for n in report.notes)
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    assert "BatchNormalization" not in {n.op_type for n in written.graph.node}
+    assert [o.name for o in written.graph.output] == [o.name for o in onnx.load(src).graph.output]
+    assert out.stat().st_size < src.stat().st_size
+    ya, yb, _ = run_both(src, out)
+    for a, b in zip(ya, yb, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    # and compressed: the folded weight is what gets codes
+    report = compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    assert [t.name for t in report.tensors] == ["W"]
+    assert_close_outputs(src, out, min_cosine=0.9999)
+
+
+@pytest.mark.parametrize("case", ["extra_use", "shared"])
+def test_a_batchnorm_stays_where_folding_would_change_other_readers(tmp_path, case):
+    src = save(_conv_bn(True, False, **{case: True}), tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    assert not any("BatchNormalization" in n for n in report.notes)
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(out).graph.node}
+    assert_close_outputs(src, out, min_cosine=0.9999)

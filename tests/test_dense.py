@@ -30,12 +30,17 @@ def _shapes(path):
     return {t.name: list(t.dims) for t in onnx.load(path).graph.initializer}
 
 
-def test_conv_bn_relu_conv_dead_channels_removed_exactly(tmp_path):
+@pytest.mark.parametrize("through_identity", [False, True])
+def test_conv_bn_relu_conv_dead_channels_removed_exactly(tmp_path, through_identity):
+    """The BatchNormalization is folded into the Conv first; read through an Identity it
+    is not, and dense pruning cuts its statistics."""
     w1 = _kill(rand((8, 3, 3, 3), 1), [1, 5])
+    c1 = "i1" if through_identity else "c1"
     model = make_model(
         [
             helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("BatchNormalization", ["c1", "g", "be", "m", "v"], ["n1"]),
+            *([helper.make_node("Identity", ["c1"], ["i1"])] if through_identity else []),
+            helper.make_node("BatchNormalization", [c1, "g", "be", "m", "v"], ["n1"]),
             helper.make_node("Relu", ["n1"], ["r1"]),
             helper.make_node("Conv", ["r1", "W2", "b2"], ["y"]),  # no padding: folding is exact
         ],
@@ -56,7 +61,10 @@ def test_conv_bn_relu_conv_dead_channels_removed_exactly(tmp_path):
     report = compress(src, out, DEAD, NO_EVAL)
     shapes = _shapes(out)
     assert shapes["W1"] == [6, 3, 3, 3] and shapes["W2"] == [4, 6, 3, 3]
-    assert shapes["g"] == shapes["v"] == [6]
+    if through_identity:
+        assert shapes["g"] == shapes["v"] == [6]
+    else:
+        assert "g" not in shapes and shapes["b1"] == [6]
     assert report.compressed.parameters < report.original.parameters
     ya, yb, _ = run_both(src, out)
     np.testing.assert_allclose(yb[0], ya[0], rtol=1e-5, atol=1e-5)
