@@ -291,8 +291,9 @@ def _check_range(tensor: ir.ExternalTensor, path: Path) -> None:
         )
 
 
-def _range_tensor(tensor: ir.ExternalTensor, path: Path) -> ir.TensorProtocol:
-    """A lazy tensor that reads its bytes from ``path`` each time it is asked (no cache)."""
+def _range_tensor(tensor: ir.ExternalTensor, path: Path, cache: bool = False) -> ir.TensorProtocol:
+    """A lazy tensor that reads its bytes from ``path`` each time it is asked, or (``cache``)
+    the first time only, into a read-only array."""
     dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
     shape = dims(tensor)
     offset = tensor.offset or 0
@@ -313,6 +314,8 @@ def _range_tensor(tensor: ir.ExternalTensor, path: Path) -> ir.TensorProtocol:
             f.seek(offset)
             if f.readinto(array.data.cast("B")) != length:
                 raise InputError(f"data of tensor {safe_text(tensor.name)} was cut short")
+        if cache:
+            array.setflags(write=False)  # shared by every reader: none may change it
         return ir.Tensor(array, name=tensor.name)
 
     return ir.LazyTensor(
@@ -320,6 +323,7 @@ def _range_tensor(tensor: ir.ExternalTensor, path: Path) -> ir.TensorProtocol:
         dtype=tensor.dtype,
         shape=ir.Shape(shape),
         name=tensor.name,
+        cache=cache,
         metadata_props=dict(tensor.metadata_props),  # an encoded weight's (encodings.META_KEY)
     )
 
@@ -337,6 +341,10 @@ class LoadedModel:
     def file_bytes(self) -> int:
         """Bytes on disk: the model file plus its external data files."""
         return self.path.stat().st_size + sum(f.stat().st_size for f in self.external)
+
+
+# Models whose large tensors hold at most this many bytes keep them in memory once read.
+READ_CACHE_BYTES = 64 << 20
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -382,6 +390,7 @@ def load_model(path: Path) -> LoadedModel:
     del proto
     loaded = LoadedModel(model, path, densified=densified)
     ranges: dict[Path, list[tuple[int, int, str]]] = {}
+    lazy: list[tuple[ir.Value, ir.ExternalTensor, Path]] = []
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
@@ -414,8 +423,13 @@ def load_model(path: Path) -> LoadedModel:
                 else:
                     tensor.base_dir = str(path.parent)
                 continue
-            value.const_value = _range_tensor(tensor, data)
+            lazy.append((value, tensor, data))
     _no_overlaps(ranges)
+    # A small model's tensors are read once and kept: the passes read each weight more
+    # than once, and on a small model those reads are a visible share of the run.
+    cache = sum(int(t.nbytes) for _, t, _ in lazy) <= READ_CACHE_BYTES
+    for value, tensor, data in lazy:
+        value.const_value = _range_tensor(tensor, data, cache)
     return loaded
 
 

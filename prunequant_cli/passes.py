@@ -433,14 +433,16 @@ class PrunePass(_WeightPass):
                 record.note = "non-finite values: not pruned"
                 continue
             rule, rows_zeroed = self._rule(w, site, config)
-            pruned = rule(w)
             record.rows_pruned = rows_zeroed
-            record.zeros_after_prune = _zeros(pruned)
             record.prune_method = config.prune_method
-            record.zeros_after = record.zeros_after_prune
-            if record.zeros_after_prune == record.zeros_before:
+            if config.threshold is not None and config.n_m is None and not rows_zeroed:
+                zeros = record.zeros_before  # no row below the threshold: nothing changes
+            else:
+                zeros = _zeros(rule(w))
+            record.zeros_after_prune = record.zeros_after = zeros
+            if zeros == record.zeros_before:
                 continue  # nothing new became zero: keep the original bytes
-            del pruned, w
+            del w
 
             def materialize(
                 source: ir.TensorProtocol = source, rule: Callable = rule, name: str = site.name
@@ -692,7 +694,7 @@ class QuantizePass(_WeightPass):
         if encoding is None:
             record.note = f"no {self.config.format} encoding at opset {opset}: left in float"
             return False
-        record.max_abs_error = _max_error(payload, tensor)
+        record.max_abs_error = _max_error(payload, tensor, w)
         if site.name in self.corrections:
             self._correct_bias(site.name, payload.decode(), tensor)
         del w
@@ -759,10 +761,16 @@ def _original(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
 ERROR_CHUNK = 1 << 16
 
 
-def _max_error(decoded: np.ndarray | encodings.Payload, tensor: ir.TensorProtocol) -> float:
+def _max_error(
+    decoded: np.ndarray | encodings.Payload,
+    tensor: ir.TensorProtocol,
+    read: np.ndarray | None = None,
+) -> float:
     """Largest change of a weight against the original model's (before any pruning);
-    a payload is decoded a few rows at a time."""
-    original = _original(tensor).numpy()
+    a payload is decoded a few rows at a time. ``read``: ``tensor``'s values, already read
+    (used when they are the original's, i.e. the weight was not pruned)."""
+    source = _original(tensor)
+    original = read if read is not None and source is tensor else source.numpy()
     if original.size == 0:
         return 0.0
     if isinstance(decoded, np.ndarray):

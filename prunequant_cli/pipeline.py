@@ -6,6 +6,7 @@ load → select weights → prune pass → quantize pass → encode → save →
 from __future__ import annotations
 
 import fnmatch
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -62,6 +63,11 @@ MIN_OPSET = 7
 
 
 def _versions() -> dict[str, str]:
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
     from importlib import metadata
 
     from prunequant_cli import __version__

@@ -41,7 +41,9 @@ def per_channel_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     """
     axis = axis % w.ndim
     other = tuple(a for a in range(w.ndim) if a != axis)
-    amax = np.abs(w).max(axis=other, keepdims=True).astype(np.float64)
+    # max |w| without a temporary the size of w: the larger of max(w) and -min(w)
+    amax = np.maximum(w.max(axis=other, keepdims=True), -w.min(axis=other, keepdims=True))
+    amax = amax.astype(np.float64)
     scale = amax / qmax(bits)
     # A scale must be a normal number of the weight's dtype, or the division
     # overflows; channels of tiny (subnormal) weights then quantize to zero.

@@ -613,3 +613,32 @@ def test_a_batchnorm_stays_where_folding_would_change_other_readers(tmp_path, ca
     assert not any("BatchNormalization" in n for n in report.notes)
     assert "BatchNormalization" in {n.op_type for n in onnx.load(out).graph.node}
     assert_close_outputs(src, out, min_cosine=0.9999)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_small_models_weights_are_read_once_a_large_ones_each_time(tmp_path, monkeypatch, cached):
+    from prunequant_cli import model_io
+
+    if not cached:
+        monkeypatch.setattr(model_io, "READ_CACHE_BYTES", 0)
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        [("x", FLOAT, ["N", 256])],
+        [("y", FLOAT, ["N", 384])],
+        [tensor("W", rand((256, 384), 1))],  # 384 KiB: read lazily from the file
+    )
+    src = save(model, tmp_path / "in.onnx")
+    weight = model_io.load_model(src).model.graph.initializers["W"].const_value
+    first, second = weight.numpy(), weight.numpy()
+    np.testing.assert_array_equal(first, second)
+    assert (first is second) == cached
+    if cached:  # shared by every reader, so none may change it
+        with pytest.raises(ValueError, match="read-only"):
+            first[0, 0] = 1.0
+    out = tmp_path / "out.onnx"
+    compress(src, out, CompressConfig(threshold=1e-3, bits=4), NO_EVAL)
+    assert_close_outputs(src, out, min_cosine=0.95)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    monkeypatch.setattr(model_io, "READ_CACHE_BYTES", 0 if cached else 1 << 30)
+    compress(src, out, CompressConfig(threshold=1e-3, bits=4), NO_EVAL)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest  # the same bytes either way
