@@ -570,6 +570,22 @@ def run_search(
         best_state, best_q, checked = _confirm(
             probe, budget, clock, held_states, weight_bytes, overrides_of
         )
+        if best_state is float_state and checked:
+            # Nothing held on both folds: back off along the path, halving the steps taken,
+            # to a state that changes fewer weights (each measured on both folds).
+            k = lo // 2
+            while k >= 1 and clock.fits("full") and clock.fits("check"):
+                state = state_at(k)
+                lab = f"back-off path step {k}/{len(steps)}"
+                q = measure(lab, state)
+                if budget.holds(q, strict=True):
+                    ok, entry = _check_on_fold(probe, budget, clock, lab, state, weight_bytes,
+                                               overrides_of)  # fmt: skip
+                    checked.append(entry)
+                    if ok:
+                        best_state, best_q = state, q
+                        break
+                k //= 2
         confirmation = {"samples": probe.folds[1].samples, "checked": checked}
         phases["confirmation"] = time.perf_counter() - started - sum(phases.values())
 
@@ -637,18 +653,31 @@ def _confirm(
     for i, (lab, state, q) in enumerate(order):
         if i and not clock.fits("check"):
             break
-        t0 = time.perf_counter()
-        qc = probe.quality(overrides_of(state, store=False), fold=1)
-        clock.cost["check"] = time.perf_counter() - t0
-        # The reserve stands in for the noise of other samples, unless it was measured.
-        reserve = RESERVE if qc.metric_drop_spread is not None else CONFIRM_RESERVE
-        ok = budget.holds(qc, strict=True, reserve=reserve)
-        checked.append(
-            {"label": lab, "weight_bytes": weight_bytes(state), "quality": qc.to_dict(), "held": ok}
-        )
+        ok, entry = _check_on_fold(probe, budget, clock, lab, state, weight_bytes, overrides_of)
+        checked.append(entry)
         if ok:
             return state, q, checked
     return held[0][1], held[0][2], checked
+
+
+def _check_on_fold(
+    probe: Probe,
+    budget: Budget,
+    clock: _Clock,
+    lab: str,
+    state: dict[str, Option],
+    weight_bytes: Callable[[dict[str, Option]], int],
+    overrides_of: Callable[..., dict[str, np.ndarray]],
+) -> tuple[bool, dict[str, Any]]:
+    """Whether ``state`` holds the budget on the confirming fold, and what was measured."""
+    t0 = time.perf_counter()
+    qc = probe.quality(overrides_of(state, store=False), fold=1)
+    clock.cost["check"] = time.perf_counter() - t0
+    # The reserve stands in for the noise of other samples, unless it was measured.
+    reserve = RESERVE if qc.metric_drop_spread is not None else CONFIRM_RESERVE
+    ok = budget.holds(qc, strict=True, reserve=reserve)
+    entry = {"label": lab, "weight_bytes": weight_bytes(state), "quality": qc.to_dict(), "held": ok}
+    return ok, entry
 
 
 class _Clock:

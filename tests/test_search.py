@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import SAMPLES, run_both
+from helpers import FLOAT as FLOAT_T
+from helpers import SAMPLES, make_model, rand, run_both, tensor
+from onnx import helper
 
 from prunequant_cli import CompressConfig, EvalConfig, GateConfig
 from prunequant_cli.cli import main
@@ -380,3 +382,59 @@ def test_without_a_confirming_fold_the_metric_is_stressed_more(tmp_path):
         stresses.append((len(folds), comparison.judge_for(reference, folds[0][1]).stress))
     assert stresses == [(1, METRIC_STRESS_UNCONFIRMED), (2, METRIC_STRESS)]
     assert METRIC_STRESS_UNCONFIRMED > METRIC_STRESS
+
+
+def test_when_nothing_confirms_the_search_backs_off_along_its_path():
+    """A confirming fold that rejects every state the search fold let through: the search
+    halves the steps of its path until a state holds on both folds, instead of keeping the
+    model float."""
+    import onnx_ir as ir
+
+    from prunequant_cli.judge import Budget, Quality
+    from prunequant_cli.report import OutputMetrics
+    from prunequant_cli.search import FLOAT, Fold, run_search
+    from prunequant_cli.selection import select_weights
+
+    layers = 8
+    nodes = [helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"h{i + 1}"]) for i in range(layers)]
+    onnx_model = make_model(
+        nodes,
+        [("h0", FLOAT_T, ["N", 8])],
+        [(f"h{layers}", FLOAT_T, ["N", 8])],
+        [tensor(f"W{i}", rand((8, 8), i)) for i in range(layers)],
+    )
+    model = ir.serde.deserialize_model(onnx_model)
+    sites = select_weights(model)[0]
+    originals = {s.name: s.value.const_value.numpy() for s in sites}
+
+    def quality(cosine, error):
+        return Quality([OutputMetrics("y", relative_error=error, cosine=cosine)], {}, 16)
+
+    class Judge:
+        def measure(self, reference, candidate, detailed=False):
+            return quality(1.0, 0.0)
+
+    class Probe:
+        def __init__(self):
+            self.overridable = set(originals)
+            self.judge = Judge()
+            self.reference = None
+            self.can_check = True
+            self.folds = [Fold([], None, 16), Fold([], None, 16)]
+
+        def quality(self, overrides, subset=False, fold=0):
+            changed = [n for n in originals if n in overrides]
+            error = sum(float(np.abs(overrides[n] - originals[n]).max()) for n in changed)
+            if subset:
+                return quality(1.0, error)
+            # the search fold lets up to 6 changed weights through, the confirming one 2
+            limit = 6 if fold == 0 else 2
+            return quality(0.9999 if len(changed) <= limit else 0.5, error)
+
+    probe = Probe()
+    result = run_search(model, sites, probe, Budget(min_cosine=0.99), time_budget=60)
+    changed = [n for n, c in result.config.per_tensor.items() if c is not FLOAT]
+    assert 1 <= len(changed) <= 2, result.config.per_tensor
+    checked = result.confirmation["checked"]
+    assert any(c["label"].startswith("back-off") and c["held"] for c in checked)
+    assert not any(c["held"] for c in checked if not c["label"].startswith("back-off"))
