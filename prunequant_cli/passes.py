@@ -8,6 +8,7 @@ materialises one pruned weight at a time and memory follows the largest tensor.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -271,7 +272,8 @@ def _drop_if_unused(value: ir.Value, node: ir.Node | None) -> None:
     if value.uses() or value.is_graph_output():
         return
     if node is not None:
-        node.graph.remove(node, safe=True)  # type: ignore[union-attr]
+        if node.graph is not None:  # not removed already (a value read twice)
+            node.graph.remove(node, safe=True)
     elif value.graph is not None and value.name in value.graph.initializers:
         value.graph.initializers.pop(value.name)  # type: ignore[arg-type]
 
@@ -288,26 +290,38 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
     of a channel is then measured on the weight that really acts.
 
     Folded only when the Conv's output feeds nothing else, its weight (and bias) is a
-    constant read by this Conv alone, and the statistics are constants of one value per
-    output channel, in inference mode.
+    constant read by this Conv alone and not excluded (``exclude``: name globs), the
+    statistics are constants of one value per output channel, the BatchNormalization runs
+    in inference mode (before opset 14, one with more than one output runs in training
+    mode), and the folded values are finite.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Sequence[str] = ()) -> None:
         super().__init__()
+        self.exclude = tuple(exclude)
         self.folded: list[str] = []  # the Conv weights that took a BatchNormalization in
         self.saved_bytes = 0  # the float bytes of statistics no longer stored
+        self.removed_parameters = 0  # float entries gone (statistics) less those added (biases)
+        self.removed_nonzeros = 0
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = encodings.NameAuthority(model)
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         for graph, node in _standard_nodes(model, "BatchNormalization"):
-            self._fold(graph, node, names)
+            self._fold(graph, node, names, node.version or opset)
         return ir.passes.PassResult(model, modified=bool(self.folded))
 
-    def _fold(self, graph: ir.Graph, bn: ir.Node, names: encodings.NameAuthority) -> None:
+    def _fold(
+        self, graph: ir.Graph, bn: ir.Node, names: encodings.NameAuthority, opset: int
+    ) -> None:
         if len(bn.inputs) != 5 or any(v is None for v in bn.inputs):
             return
         if bn.attributes.get_int("training_mode", 0) or not bn.attributes.get_int("spatial", 1):
             return
+        if opset < 7 and not bn.attributes.get_int("is_test", 0):
+            return
+        if opset < 14 and any(o.name for o in bn.outputs[1:]):
+            return  # the statistics outputs make it a training-mode BatchNormalization
         if any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
             return
         x, out = bn.inputs[0], bn.outputs[0]
@@ -326,6 +340,8 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         found = _constant(weight)
         if weight is None or found is None or found[1] is not None or len(weight.uses()) != 1:
             return
+        if any(fnmatch.fnmatchcase(weight.name or "", p) for p in self.exclude):
+            return
         w = found[0].numpy()
         bias = conv.inputs[2] if len(conv.inputs) > 2 else None
         old_bias = _constant(bias) if bias is not None else None
@@ -343,9 +359,11 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         b = np.zeros(channels) if old_bias is None else old_bias[0].numpy().astype(np.float64)
         if b.shape != (channels,) or not np.isfinite(scale).all():
             return
-        folded_w = w.astype(np.float64) * scale.reshape(-1, *([1] * (w.ndim - 1)))
+        folded_w = (w.astype(np.float64) * scale.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
         folded_b = ((b - mean) * scale + beta).astype(w.dtype)
-        weight.const_value = ir.Tensor(folded_w.astype(w.dtype), name=weight.name)
+        if not (np.isfinite(folded_w).all() and np.isfinite(folded_b).all()):
+            return  # e.g. float16 weights that the scale would overflow
+        weight.const_value = ir.Tensor(folded_w, name=weight.name)
         if bias is not None and old_bias is not None and old_bias[1] is None:
             bias.const_value = ir.Tensor(folded_b, name=bias.name)
         else:
@@ -366,15 +384,29 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         # The Conv's output takes the BatchNormalization's place, and its name.
         held = list(bn.inputs[1:])
         if out.type is not None:  # the same tensor: a graph output must keep its type
-            x.type, x.shape = out.type, out.shape  # type: ignore[union-attr]
+            x.type = out.type  # type: ignore[union-attr]
+            x.shape = out.shape or x.shape  # type: ignore[union-attr]
         out.replace_all_uses_with(x, replace_graph_outputs=True)  # type: ignore[arg-type]
         graph.remove(bn, safe=True)
         out_name, out.name = out.name, None
         x.name = out_name  # type: ignore[union-attr]
+        seen: set[int] = set()
         for value, (tensor, node) in zip(held, stats, strict=True):  # type: ignore[misc]
-            self.saved_bytes += int(tensor.nbytes)
+            if id(value) in seen:
+                continue  # one value read twice (as both mean and bias, say)
+            seen.add(id(value))
+            if not value.uses() and not value.is_graph_output():  # type: ignore[union-attr]
+                self.saved_bytes += int(tensor.nbytes)
+                if node is None:  # an initializer: counted among the model's parameters
+                    array = tensor.numpy()
+                    self.removed_parameters += int(array.size)
+                    self.removed_nonzeros += int(np.count_nonzero(array))
             _drop_if_unused(value, node)  # type: ignore[arg-type]
-        self.saved_bytes -= int(folded_b.nbytes) if old_bias is None else 0
+        if old_bias is None:  # a bias where there was none
+            self.saved_bytes -= int(folded_b.nbytes)
+        if old_bias is None or old_bias[1] is not None:  # a new bias initializer
+            self.removed_parameters -= int(folded_b.size)
+            self.removed_nonzeros -= int(np.count_nonzero(folded_b))
         self.folded.append(weight.name or "")
 
 

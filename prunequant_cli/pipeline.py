@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,14 +163,6 @@ def _prepare(ir_model: ir.Model, densified: list[str]) -> list[str]:
     lift(ir_model)
     if lift.lifted:
         notes.append(f"{len(lift.lifted)} weight(s) held in Constant nodes were made initializers")
-    batchnorm = FoldBatchNormPass()
-    batchnorm(ir_model)
-    if batchnorm.folded:
-        notes.append(
-            f"{len(batchnorm.folded)} BatchNormalization(s) folded into the Conv before them "
-            f"(as onnxruntime does at load): {batchnorm.saved_bytes:,} bytes of statistics "
-            "not stored"
-        )
     if release.released:
         notes.append(
             f"IR version {release.old_ir_version} lists every initializer as a graph input; "
@@ -178,6 +170,22 @@ def _prepare(ir_model: ir.Model, densified: list[str]) -> list[str]:
             "so the weights can be compressed"
         )
     return notes
+
+
+def _fold_batchnorm(
+    ir_model: ir.Model, exclude: Sequence[str], notes: list[str]
+) -> tuple[int, int]:
+    """Fold each BatchNormalization that follows a Conv into it (not into excluded weights);
+    returns the float parameters and non-zeros that this removed from the model."""
+    batchnorm = FoldBatchNormPass(exclude)
+    batchnorm(ir_model)
+    if batchnorm.folded:
+        notes.append(
+            f"{len(batchnorm.folded)} BatchNormalization(s) folded into the Conv before them "
+            f"(as onnxruntime does at load): {batchnorm.saved_bytes:,} bytes of statistics "
+            "not stored"
+        )
+    return batchnorm.removed_parameters, batchnorm.removed_nonzeros
 
 
 @dataclass
@@ -195,6 +203,8 @@ class Workspace:
     notes: list[str]
     comparison: Comparison | None
     skipped: str | None = None  # why the original could not run, when that was no reason to stop
+    # float parameters and non-zeros that folding BatchNormalizations removed
+    folded: tuple[int, int] = (0, 0)
 
 
 def _workspace(
@@ -207,6 +217,7 @@ def _workspace(
     side: SideFiles | None = None,
     recipe: Path | None = None,
     optional_evaluation: bool = False,
+    exclude: Sequence[str] = (),
 ) -> Workspace:
     """Load ``model``, check every path the run writes (``out``, a search's ``recipe``,
     ``side``) against every path it reads, prepare the weights, and (when evaluating) run
@@ -241,8 +252,10 @@ def _workspace(
                 raise
             skipped = str(e)  # the compression needs no evaluation: it goes on without one
     notes = _prepare(ir_model, densified)
-    # After the weights held in Constant nodes became initializers, so they are counted.
+    # After the weights held in Constant nodes became initializers, so they are counted,
+    # and before any BatchNormalization is folded, so the original is counted as it is.
     original, zeros = _float_summary(ir_model, in_bytes)
+    folded = _fold_batchnorm(ir_model, exclude, notes)
     return Workspace(
         ir_model,
         in_path,
@@ -254,6 +267,7 @@ def _workspace(
         notes,
         comparison,
         skipped,
+        folded,
     )
 
 
@@ -328,7 +342,15 @@ def search(
             refuse(output_kinds(m, evaluation.label_output, evaluation.output_kinds))
 
     ws = _workspace(
-        model, out, evaluation, progress, calibrate=True, check=check, side=side, recipe=recipe_path
+        model,
+        out,
+        evaluation,
+        progress,
+        calibrate=True,
+        check=check,
+        side=side,
+        recipe=recipe_path,
+        exclude=exclude,
     )
     comparison = ws.comparison
     assert comparison is not None and comparison.calibration_batches is not None
@@ -506,6 +528,7 @@ def compress(
         check=check,
         side=side,
         optional_evaluation=optional,
+        exclude=config.exclude,
     )
     staging = Staging()
     try:
@@ -652,6 +675,8 @@ def _compress_workspace(
         for r in records.values()
     )
     gone_params, gone_nonzeros = (dense.parameters, dense.nonzeros) if dense else (0, 0)
+    gone_params += ws.folded[0]
+    gone_nonzeros += ws.folded[1]
     compressed = ModelSummary(
         file_bytes=sum(p.stat().st_size for p in written),  # the staged files
         parameters=original.parameters - gone_params,

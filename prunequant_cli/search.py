@@ -485,10 +485,13 @@ def run_search(
     held_states: list[tuple[str, dict[str, Option], Quality]] = []
     held_idx: set[int] = set()
 
+    measured: dict[tuple[tuple[str, int], ...], Quality] = {}  # by _key of the state
+
     def measure(lab: str, state: dict[str, Option]) -> Quality:
         t0 = time.perf_counter()
         overrides = overrides_of(state)
         q = probe.quality(overrides)
+        measured[_key(state)] = q
         keep = {(n, id(o)) for n, o in best_state.items()}
         held = budget.holds(q, strict=True)
         if held:
@@ -567,17 +570,22 @@ def run_search(
         float_state = state_at(0)
         float_q = probe.judge.measure(probe.reference, probe.reference, detailed=False)
         held_states.insert(0, ("all float", float_state, float_q))
+        rejected_keys: set[tuple[tuple[str, int], ...]] = set()
         best_state, best_q, checked = _confirm(
-            probe, budget, clock, held_states, weight_bytes, overrides_of
+            probe, budget, clock, held_states, weight_bytes, overrides_of, rejected_keys
         )
         if best_state is float_state and checked:
             # Nothing held on both folds: back off along the path, halving the steps taken,
             # to a state that changes fewer weights (each measured on both folds).
             k = lo // 2
-            while k >= 1 and clock.fits("full") and clock.fits("check"):
+            while k >= 1 and clock.fits_all("full", "check"):
                 state = state_at(k)
                 lab = f"back-off path step {k}/{len(steps)}"
-                q = measure(lab, state)
+                k //= 2
+                if _key(state) in rejected_keys:
+                    continue  # the confirming fold has seen it already
+                known = measured.get(_key(state))
+                q = known if known is not None else measure(lab, state)
                 if budget.holds(q, strict=True):
                     ok, entry = _check_on_fold(probe, budget, clock, lab, state, weight_bytes,
                                                overrides_of)  # fmt: skip
@@ -585,7 +593,6 @@ def run_search(
                     if ok:
                         best_state, best_q = state, q
                         break
-                k //= 2
         confirmation = {"samples": probe.folds[1].samples, "checked": checked}
         phases["confirmation"] = time.perf_counter() - started - sum(phases.values())
 
@@ -617,15 +624,17 @@ def _confirm(
     held: list[tuple[str, dict[str, Option], Quality]],
     weight_bytes: Callable[[dict[str, Option]], int],
     overrides_of: Callable[..., dict[str, np.ndarray]],
+    rejected: set[tuple[tuple[str, int], ...]] | None = None,
 ) -> tuple[dict[str, Option], Quality, list[dict[str, Any]]]:
     """The smallest state that held on the search fold and holds on the confirming fold too,
     which no choice so far has seen: what just fits one set of samples by chance does not
     fit another. Smallest first, while time lasts; ``held[0]`` (all float) when none does.
-    Returns the state, its quality on the search fold, and what was checked."""
+    Returns the state, its quality on the search fold, and what was checked; the keys
+    (``_key``) of the states that did not hold go into ``rejected``."""
     order, seen = [], set()
     least = math.inf
     for lab, state, q in sorted(held[1:], key=lambda h: weight_bytes(h[1])):
-        key = tuple(sorted((n, id(o)) for n, o in state.items()))
+        key = _key(state)
         # Only the front of size against output damage: a state both larger and more
         # damaged than one already listed is the worse bet on unseen samples (all int8
         # stays a candidate of its own).
@@ -657,7 +666,14 @@ def _confirm(
         checked.append(entry)
         if ok:
             return state, q, checked
+        if rejected is not None:
+            rejected.add(_key(state))
     return held[0][1], held[0][2], checked
+
+
+def _key(state: dict[str, Option]) -> tuple[tuple[str, int], ...]:
+    """What identifies a state: each weight's option."""
+    return tuple(sorted((n, id(o)) for n, o in state.items()))
 
 
 def _check_on_fold(
@@ -689,5 +705,10 @@ class _Clock:
 
     def fits(self, kind: str, share: float = 1.0) -> bool:
         """Whether one more measurement of ``kind`` ends within ``share`` of the budget."""
-        end = time.perf_counter() - self.started + self.cost.get(kind, 0.0)
+        return self.fits_all(kind, share=share)
+
+    def fits_all(self, *kinds: str, share: float = 1.0) -> bool:
+        """Whether one more measurement of each of ``kinds``, one after another, ends
+        within ``share`` of the budget."""
+        end = time.perf_counter() - self.started + sum(self.cost.get(k, 0.0) for k in kinds)
         return end <= share * self.budget

@@ -642,3 +642,50 @@ def test_a_small_models_weights_are_read_once_a_large_ones_each_time(tmp_path, m
     monkeypatch.setattr(model_io, "READ_CACHE_BYTES", 0 if cached else 1 << 30)
     compress(src, out, CompressConfig(threshold=1e-3, bits=4), NO_EVAL)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest  # the same bytes either way
+
+
+def test_batchnorm_folding_reads_shared_statistics_and_counts_the_original_as_it_is(tmp_path):
+    """One Constant read as both mean and bias of a BatchNormalization; the report counts the
+    original's parameters before the fold."""
+    model = make_model(
+        [
+            helper.make_node("Constant", [], ["z"], value=tensor("zv", np.zeros(8, np.float32))),
+            helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["c", "g", "z", "z", "v"], ["y"]),
+        ],
+        [("x", FLOAT, ["N", 3, 6, 6])],
+        [("y", FLOAT, ["N", 8, 6, 6])],
+        [
+            tensor("W", rand((8, 3, 3, 3), 1)),
+            tensor("g", rand((8,), 2) + 1.5),
+            tensor("v", np.abs(rand((8,), 3)) + 0.2),
+        ],
+    )
+    src = save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    assert any("1 BatchNormalization(s) folded" in n for n in report.notes)
+    assert report.original.parameters == 8 * 27 + 8 + 8  # W, g, v (z is a Constant node)
+    assert report.compressed.parameters == 8 * 27 + 8  # W and its new bias
+    assert_close_outputs(src, out, min_cosine=0.9999)
+
+
+def test_batchnorm_is_not_folded_in_training_mode_or_into_an_excluded_weight(tmp_path):
+    # Before opset 14, a BatchNormalization with its statistics outputs runs in training mode.
+    train = _conv_bn(True, False)
+    bn = next(n for n in train.graph.node if n.op_type == "BatchNormalization")
+    bn.output.extend(["rm", "rv", "sm", "sv"])
+    train.opset_import[0].version = 9
+    src = save(train, tmp_path / "train.onnx")
+    out = tmp_path / "out.onnx"
+    report = compress(src, out, CompressConfig(bits=8), NO_EVAL)
+    assert not any("BatchNormalization" in n for n in report.notes)
+    ya, yb, _ = run_both(src, out)
+    np.testing.assert_allclose(yb[0], ya[0], rtol=0.05, atol=0.05)
+    src = save(_conv_bn(True, False), tmp_path / "in.onnx")
+    report = compress(src, out, CompressConfig(bits=8, exclude=("W",)), NO_EVAL)
+    assert not any("BatchNormalization" in n for n in report.notes)
+    weights = {t.name: t for t in onnx.load(out).graph.initializer}
+    assert (
+        weights["W"].SerializeToString() == onnx.load(src).graph.initializer[0].SerializeToString()
+    )

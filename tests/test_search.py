@@ -437,4 +437,18 @@ def test_when_nothing_confirms_the_search_backs_off_along_its_path():
     assert 1 <= len(changed) <= 2, result.config.per_tensor
     checked = result.confirmation["checked"]
     assert any(c["label"].startswith("back-off") and c["held"] for c in checked)
+    sizes = [c["weight_bytes"] for c in checked]
+    assert len(sizes) == len(set(sizes))  # no state is checked twice
     assert not any(c["held"] for c in checked if not c["label"].startswith("back-off"))
+
+
+def test_the_clock_adds_up_what_runs_one_after_another():
+    import time
+
+    from prunequant_cli.search import _Clock
+
+    clock = _Clock(time.perf_counter(), 10.0)
+    clock.cost.update(full=6.0, check=3.0)
+    assert clock.fits("full") and clock.fits("check") and clock.fits_all("full", "check")
+    clock.cost["check"] = 5.0
+    assert clock.fits("full") and clock.fits("check") and not clock.fits_all("full", "check")
