@@ -440,7 +440,10 @@ class Judge:
                 pa = [_class_ids(t, kind) for t in a]
                 pc = [_class_ids(t, kind) for t in c]
                 flat_a, flat_c = _flat(pa), _flat(pc)
-                if flat_a is not None and flat_c is not None and flat_a.size == flat_c.size:
+                # Position by position only where every batch has the original's shape (a
+                # decoder that stops at another step gives another sequence length).
+                aligned = all(np.shape(x) == np.shape(y) for x, y in zip(a, c, strict=True))
+                if flat_a is not None and flat_c is not None and aligned:
                     same = int(np.count_nonzero(flat_a == flat_c))
                     agreements[name] = (same, int(flat_a.size))
                     m.top1_agreement = same / flat_a.size if flat_a.size else None
@@ -605,7 +608,7 @@ def _numeric(
     sxx = syy = sxy = see = sabs = peak = 0.0
     count, broken = 0, False
     for ta, tb in zip(a, b, strict=True):
-        if ta.size != tb.size:
+        if ta.shape != tb.shape:
             broken = True
             continue
         x = ta.astype(np.float64).reshape(-1)

@@ -82,6 +82,18 @@ def test_sequence_class_scores_agree_per_position():
     assert q.accuracy_drop_points == pytest.approx(10.0) and q.drop_against == "original"
 
 
+def test_sequences_of_other_lengths_are_not_compared_position_by_position():
+    """A decoder that stops at another step: batches of [1, 96, C] and [1, 94, C] swapped
+    between original and candidate have the same total size but no positions in common."""
+    kinds = {"seq": OutputKind(CLASS, -1)}
+    rng = np.random.default_rng(0)
+    long, short = rng.random((1, 96, 50), np.float32), rng.random((1, 94, 50), np.float32)
+    q = Judge(["seq"], kinds).measure([[long], [short]], [[short], [long]])
+    assert q.agreement is None and q.outputs[0].cosine == 0.0
+    same = Judge(["seq"], kinds).measure([[long], [short]], [[long], [short]])
+    assert same.agreement == 1.0 and same.outputs[0].top5_agreement == 1.0
+
+
 def test_intervals():
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
