@@ -210,21 +210,12 @@ class FoldWeightTransposesPass(ir.passes.InPlacePass):
         out = node.outputs[0]
         if source is None or not out.name or out.is_graph_output() or len(source.uses()) != 1:
             return
-        if source.is_graph_input() or source.is_graph_output():
+        found = _constant(source)
+        if found is None:
             return
-        producer = source.producer()
-        if source.const_value is not None and producer is None:
-            home, tensor = source.graph, source.const_value
-        elif (
-            producer is not None
-            and producer.op_type == "Constant"
-            and producer.domain in ("", "ai.onnx")
-            and set(producer.attributes) == {"value"}
-        ):
-            home, tensor = producer.graph, producer.attributes["value"].as_tensor()
-        else:
-            return
-        if home is None or tensor.dtype not in FLOAT_TYPES or not isinstance(home, ir.Graph):
+        tensor, producer = found
+        home = source.graph if producer is None else producer.graph
+        if not isinstance(home, ir.Graph):
             return
         array = tensor.numpy()
         perm_attr = node.attributes.get("perm")
@@ -237,10 +228,7 @@ class FoldWeightTransposesPass(ir.passes.InPlacePass):
         )
         out.replace_all_uses_with(folded)
         graph.remove(node, safe=True)
-        if producer is not None:
-            home.remove(producer, safe=True)
-        elif source.name in home.initializers:
-            home.initializers.pop(source.name)  # type: ignore[arg-type]
+        _drop_if_unused(source, producer)
         home.register_initializer(folded)
         self.folded.append(out.name)
 
