@@ -553,7 +553,8 @@ class Comparison:
     def judge_for(self, reference: list[list[np.ndarray]], labels: np.ndarray | None) -> Judge:
         """A judge of a search's calibration folds, with the same kinds and metric, and the
         metric also taken of each candidate's output change amplified (METRIC_STRESS, or
-        METRIC_STRESS_UNCONFIRMED when no fold will confirm the choice)."""
+        METRIC_STRESS_UNCONFIRMED when no fold will confirm the choice; then samples whose
+        class predictions changed also count as lost, Judge.count_changed)."""
         cal = self.calibration
         confirmed = cal is not None and cal.samples >= 2 * MIN_FOLD
         stress = METRIC_STRESS if confirmed else METRIC_STRESS_UNCONFIRMED
@@ -561,6 +562,7 @@ class Comparison:
             self.outputs, self.kinds, labels, self.metric, self.config.label_output, stress
         )
         judge.unseen = self.holdout.samples  # what its verdicts must carry over to
+        judge.count_changed = not confirmed
         judge.check_labels(reference)
         return judge
 

@@ -183,6 +183,31 @@ def test_near_flips_of_a_sequence_output_do_not_bind_a_metric_budget():
     assert not Budget(min_agreement=0.9).holds(q, strict=True)
 
 
+def test_without_a_confirming_fold_a_changed_sequence_counts_as_a_lost_sample():
+    """Judge.count_changed (a search no other fold confirms): a sample whose class sequence
+    changed, at one position or in length, is read as lost by a metric-drop budget
+    (their share of the original metric), whatever the metric made of it on these samples;
+    moves that change no top-1 do not count, and the report's reading is unchanged."""
+    kinds = {"seq": OutputKind(CLASS, -1)}
+    a = np.zeros((4, 5, 3), np.float32)
+    a[..., 0], a[..., 1] = 0.9, 0.1
+    c = a.copy()
+    c[1, 2] = [0.1, 0.9, 0.0]  # sample 1 flips at one position
+    c[3, 0] = [0.6, 0.4, 0.0]  # sample 3 only moves (no flip)
+    counting = Judge(["seq"], kinds, count_changed=True)
+    q = counting.measure([[a[:2]], [a[2:]]], [[c[:2]], [c[2:]]])
+    assert q.changed_samples == 1 and q.samples == 4
+    assert Judge(["seq"], kinds).measure([[a]], [[c]]).changed_samples is None
+    q.metric_original, q.metric_compressed = 0.8, 0.82  # it gained on these samples
+    assert not Budget(max_metric_drop=0.19).holds(q, strict=True)  # 1/4 x 0.8 = 0.2
+    assert Budget(max_metric_drop=0.19).holds(q)
+    assert Budget(max_metric_drop=0.25).holds(q, strict=True)
+    # a sequence decoded to another length: every sample of its batch counts
+    longer = [np.concatenate([a[2:], a[2:, :1]], axis=1)]
+    q = counting.measure([[a[:2]], [a[2:]]], [[a[:2]], longer])
+    assert q.changed_samples == 2
+
+
 def test_a_search_holds_a_metric_also_with_the_output_change_doubled():
     """Judge.stress: the metric of the candidate's outputs moved twice as far. A change that
     just fits (no sample lost) but would lose samples at twice the distance fails the
