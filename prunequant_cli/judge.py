@@ -320,6 +320,7 @@ class Quality:
             "max_relative_error": rel if math.isfinite(rel) else None,
             "metric": self.metric_compressed,
             "metric_drop_noise": self.metric_drop_spread,
+            "changed_samples": self.changed_samples,
         }
 
 
@@ -490,12 +491,18 @@ class Judge:
     def _changed_samples(self, reference: Batches, candidate: Batches) -> int:
         """How many samples have a class prediction that changed: a position whose top-1
         differs, or a class output of another shape (a decoder that stopped at another
-        step: every sample of that batch counts, which ones changed is not known)."""
+        step, a detector that kept another number of boxes: every sample of that batch
+        counts, which ones changed is not known). A class output's first axis is taken as
+        its samples' when it has the batch's size, else any change counts for the whole
+        batch (exact at one sample per batch, which a search with a metric and fewer than
+        16 calibration samples runs in when the model's batch is free)."""
         units = list(self.units or [])
         if len(units) != len(reference):
             units = [_samples(b) for b in reference]
         changed = 0
         for k, ra, ca in zip(units, reference, candidate, strict=True):
+            if not k:
+                continue
             moved = np.zeros(k, dtype=bool)
             for i, name in enumerate(self.outputs):
                 kind = self.kinds.get(name, OutputKind(TENSOR))
