@@ -16,16 +16,13 @@ import numpy as np
 import onnx_ir as ir
 
 from prunequant_cli import encodings, pruning, quantization, rounding
+from prunequant_cli.arrays import row_blocks, zero_count
 from prunequant_cli.bias import Correctable, bias_shift
 from prunequant_cli.config import CompressConfig
 from prunequant_cli.encodings import Payload
 from prunequant_cli.progress import NO_PROGRESS, Progress
 from prunequant_cli.report import TensorRecord
 from prunequant_cli.selection import FLOAT_TYPES, WeightSite, classify, dims
-
-
-def _zeros(a: np.ndarray) -> int:
-    return int(a.size - np.count_nonzero(a))
 
 
 class ReleaseInitializerInputsPass(ir.passes.InPlacePass):
@@ -458,7 +455,7 @@ class PrunePass(_WeightPass):
             if config.threshold is not None and config.n_m is None and not rows_zeroed:
                 zeros = record.zeros_before  # no row below the threshold: nothing changes
             else:
-                zeros = _zeros(rule(w))
+                zeros = zero_count(rule(w))
             record.zeros_after_prune = record.zeros_after = zeros
             if zeros == record.zeros_before:
                 continue  # nothing new became zero: keep the original bytes
@@ -776,11 +773,6 @@ def _original(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
     return tensor.meta.get("original", tensor) if isinstance(tensor, ir.LazyTensor) else tensor
 
 
-# Entries decoded at a time by _max_error: a few hundred KiB, a buffer the allocator reuses,
-# where whole-weight temporaries cost a page fault per 4 KiB of fresh memory each time.
-ERROR_CHUNK = 1 << 16
-
-
 def _max_error(
     decoded: np.ndarray | encodings.Payload,
     tensor: ir.TensorProtocol,
@@ -799,10 +791,8 @@ def _max_error(
         return float(np.abs(diff, out=diff).max())
     if original.ndim == 0:
         return float(np.abs(decoded.decode() - original).max())
-    step = max(1, ERROR_CHUNK // max(1, original.size // max(1, original.shape[0])))
     largest = 0.0
-    for start in range(0, original.shape[0], step):
-        rows = slice(start, start + step)
+    for rows in row_blocks(original):
         part = decoded.decode(rows)
         np.subtract(part, original[rows], out=part)
         largest = max(largest, float(np.abs(part, out=part).max()))

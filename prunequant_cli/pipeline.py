@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from prunequant_cli.arrays import zero_count
 from prunequant_cli.config import CompressConfig, EvalConfig, GateConfig
 from prunequant_cli.errors import (
     EvaluationError,
@@ -98,7 +99,7 @@ def _float_summary(model: ir.Model, size: int) -> tuple[ModelSummary, dict[str, 
                 continue
             a = t.numpy()
             params += a.size
-            zeros[value.name or ""] = int(a.size - np.count_nonzero(a))
+            zeros[value.name or ""] = zero_count(a)
     return ModelSummary(size, params, params - sum(zeros.values()), 0), zeros
 
 

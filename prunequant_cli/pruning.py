@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prunequant_cli.arrays import channel_abs
+
 
 def row_l1(w: np.ndarray, axis: int) -> np.ndarray:
     """L1 magnitude of each slice of ``w`` along ``axis`` (float64, one per row)."""
-    axis = axis % w.ndim
-    other = tuple(a for a in range(w.ndim) if a != axis)
-    return np.abs(w).sum(axis=other, dtype=np.float64)
+    return channel_abs(w, axis, "sum")
 
 
 def row_importance(w: np.ndarray, axis: int) -> np.ndarray:

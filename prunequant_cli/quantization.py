@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from prunequant_cli.arrays import channel_abs, row_blocks
+
 
 def qmax(bits: int) -> int:
     """Largest code of a symmetric ``bits``-bit integer."""
@@ -40,10 +42,9 @@ def per_channel_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     The scale has ``w``'s dtype, since the decoder multiplies in that dtype.
     """
     axis = axis % w.ndim
-    other = tuple(a for a in range(w.ndim) if a != axis)
-    # max |w| without a temporary the size of w: the larger of max(w) and -min(w)
-    amax = np.maximum(w.max(axis=other, keepdims=True), -w.min(axis=other, keepdims=True))
-    amax = amax.astype(np.float64)
+    shape = [1] * w.ndim
+    shape[axis] = w.shape[axis]
+    amax = channel_abs(w, axis, "max").reshape(shape).astype(np.float64)
     scale = amax / qmax(bits)
     # A scale must be a normal number of the weight's dtype, or the division
     # overflows; channels of tiny (subnormal) weights then quantize to zero.
@@ -85,12 +86,32 @@ def quantize(
     """Integer codes of ``w`` (int8): within [-qmax, qmax], or with a ``zero_point``
     added, within [-qmax - 1, qmax]."""
     m = qmax(bits)
-    q = np.divide(w, scale, dtype=np.float32)
-    np.rint(q, out=q)
-    if zero_point is not None:
-        q += zero_point
-    np.clip(q, -m if zero_point is None else -m - 1, m, out=q)
-    return q.astype(np.int8)
+    low = -m if zero_point is None else -m - 1
+    codes = np.empty(np.broadcast_shapes(w.shape, scale.shape), dtype=np.int8)
+    if codes.shape != w.shape or codes.ndim == 0:  # a scale that broadcasts w: whole
+        blocks: list[slice | tuple[()]] = [()]
+    else:
+        blocks = list(row_blocks(w))
+    buffer = None
+    for rows in blocks:
+        part = w[rows]
+        if buffer is None:
+            buffer = np.empty(part.shape, dtype=np.float32)
+        q = buffer[: part.shape[0]] if rows != () else buffer
+        np.divide(part, _rows(scale, rows, w), out=q, dtype=np.float32)
+        np.rint(q, out=q)
+        if zero_point is not None:
+            q += _rows(zero_point, rows, w)
+        np.clip(q, low, m, out=q)
+        codes[rows] = q
+    return codes
+
+
+def _rows(a: np.ndarray, rows: slice | tuple[()], w: np.ndarray) -> np.ndarray:
+    """The part of ``a`` (broadcast against ``w``) that goes with ``w[rows]``."""
+    if rows == () or a.ndim < w.ndim or a.shape[0] == 1:
+        return a
+    return a[rows]
 
 
 def asymmetric_scale(w: np.ndarray, axis: int, bits: int) -> np.ndarray:

@@ -253,3 +253,43 @@ def test_boundary_weights_are_found_through_weightless_ops():
     )
     m = ir.serde.deserialize_model(inner)
     assert boundary_weights(m, select_weights(m, ())[0]) == {"A", "C"}
+
+
+# Shapes past arrays.BLOCK_ENTRIES, so the block-by-block paths run (several blocks, a short
+# last one), beside small ones that take the whole-array path.
+BLOCKED_SHAPES = [(300, 257), (257, 300), (80, 33, 3, 3), (5, 40000), (200000,), (3, 4)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(BLOCKED_SHAPES), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_block_by_block_statistics_equal_the_whole_array_expressions(shape, axis, seed):
+    """arrays.channel_abs / zero_count, and the scales and codes built on them, give what
+    the whole-array numpy expressions give (sums to float64 rounding), NaN and -0.0 included."""
+    from prunequant_cli import arrays
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    w[rng.random(shape) < 0.2] = 0.0
+    w[rng.random(shape) < 0.05] = -0.0
+    axis = axis % w.ndim
+    other = tuple(d for d in range(w.ndim) if d != axis)
+    np.testing.assert_array_equal(arrays.channel_abs(w, axis, "max"), np.abs(w).max(axis=other))
+    np.testing.assert_allclose(
+        arrays.channel_abs(w, axis, "sum"),
+        np.abs(w).sum(axis=other, dtype=np.float64),
+        rtol=1e-12,
+    )
+    assert arrays.zero_count(w) == w.size - np.count_nonzero(w)
+    scale = per_channel_scale(w, axis, 8)
+    amax = np.maximum(w.max(axis=other, keepdims=True), -w.min(axis=other, keepdims=True))
+    expected = np.where(amax == 0, 1.0, np.maximum(amax / 127.0, np.finfo(np.float32).tiny))
+    np.testing.assert_array_equal(scale, expected.astype(np.float32))
+    whole = np.clip(np.rint(np.divide(w, scale, dtype=np.float32)), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(quantize(w, scale, 8), whole)
+    zp = zero_point(w, axis, asymmetric_scale(w, axis, 4), 4)
+    a_scale = asymmetric_scale(w, axis, 4)
+    q = np.rint(np.divide(w, a_scale, dtype=np.float32)) + zp
+    np.testing.assert_array_equal(quantize(w, a_scale, 4, zp), np.clip(q, -8, 7).astype(np.int8))
+    w.reshape(-1)[7] = np.nan
+    assert np.isnan(arrays.channel_abs(w, axis, "max")).any()
+    assert arrays.zero_count(w) == w.size - np.count_nonzero(w)
