@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
-from rich.console import Console
-from rich.table import Table
 
 from prunequant_cli import metadata
 from prunequant_cli.encodings import META_SHARED, describe_encoding, read_meta
@@ -19,6 +17,8 @@ from prunequant_cli.report import SCHEMA_VERSION, ModelSummary, cell, fmt_bytes,
 from prunequant_cli.selection import FLOAT_TYPES, dims, select_weights
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from prunequant_cli.evaluate import SessionCost
 
 
@@ -343,6 +343,8 @@ def _model_level(model: ir.Model) -> int:
 
 
 def render_inspection(info: Inspection, console: Console) -> None:
+    from rich.table import Table
+
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info.opsets.items())
     size = fmt_bytes(info.file_bytes)
     if info.gzip_bytes is not None:

@@ -12,14 +12,12 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from prunequant_cli.encodings import describe_encoding
 from prunequant_cli.errors import safe_text
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from prunequant_cli.evaluate import SessionCost
 
 SCHEMA_VERSION = 2
@@ -394,6 +392,8 @@ def finite_document(doc: dict[str, Any]) -> dict[str, Any]:
 
 def cell(text: object) -> str:
     """A model-provided string made safe for a rich table: one line, escaped, no markup."""
+    from rich.markup import escape
+
     return escape(safe_text(text, 120))
 
 
@@ -570,6 +570,8 @@ def _gate_text(g: Gate) -> str:
 
 def render_compress(report: CompressReport, console: Console, verbose: bool = False) -> None:
     """The before/after table, gates, notes, and with ``verbose`` the per-tensor breakdown."""
+    from rich.table import Table
+
     second = "compressed" if report.command == "compress" else "B"
     first = "original" if report.command == "compress" else "A"
     table = Table(title=f"prunequant {report.command}", title_justify="left")
@@ -629,6 +631,8 @@ def _quality_cells(q: dict[str, Any]) -> list[str]:
 
 def render_search(search: dict[str, Any], console: Console, verbose: bool) -> None:
     """What a search chose, the size-vs-quality points it measured, and (verbose) sensitivity."""
+    from rich.table import Table
+
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in search.get("phase_seconds", {}).items())
     confirmation = search.get("confirmation")
     confirmed = (
@@ -690,6 +694,8 @@ def render_search(search: dict[str, Any], console: Console, verbose: bool) -> No
 
 
 def render_layers(layers: list[LayerError], console: Console) -> None:
+    from rich.table import Table
+
     table = Table(
         title="error each weight introduces in its own layer (worst first)", title_justify="left"
     )
@@ -765,6 +771,8 @@ def markdown_report(report: CompressReport) -> str:
 
 
 def render_tensors(records: list[TensorRecord], console: Console) -> None:
+    from rich.table import Table
+
     table = Table(title="weights", title_justify="left")
     for col, just in (
         ("tensor", "left"),

@@ -318,8 +318,9 @@ def test_default_evaluation_of_a_heavy_model_is_bounded(tmp_path, monkeypatch):
 
 
 def test_what_a_run_never_uses_is_never_loaded(tmp_path):
-    """sympy (which onnx_ir imports for symbolic shape arithmetic) loads only when used, and
-    a compression without evaluation never loads onnxruntime; both still work when asked."""
+    """sympy (which onnx_ir imports for symbolic shape arithmetic) loads only when used, a
+    compression without evaluation never loads onnxruntime, and a run that prints JSON (what
+    CI reads) never loads rich; all still work when asked."""
     import subprocess
     import sys
 
@@ -333,3 +334,11 @@ assert str(ir.SymbolicDim("N") + 1) == "N + 1" and "sympy.core" in sys.modules
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    # the command runs in a supervised child: -X importtime lists what it imports too
+    for out, loads_rich in (("j.onnx", False), ("t.onnx", True)):
+        args = ["compress", CNN, str(tmp_path / out), "--no-eval"]
+        command = [sys.executable, "-X", "importtime", "-m", "prunequant_cli", *args]
+        r = subprocess.run(command + ["--json"] * (not loads_rich), capture_output=True, text=True)
+        assert r.returncode == 0 and (tmp_path / out).exists(), r.stderr[-2000:]
+        imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()]
+        assert ("rich.console" in imported) == loads_rich, f"{out}: rich {loads_rich}"
