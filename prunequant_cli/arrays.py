@@ -4,8 +4,9 @@ A weight-sized temporary costs a page fault per 4 KiB of fresh memory every time
 and a reduction over a weight's first axis walks it with a stride; both make a 16 MB weight's
 statistics several times slower than one pass over its bytes. These helpers work on blocks of
 a few hundred KiB along the first axis (one reused buffer) and give the same values as the
-whole-array numpy expressions they stand for (sums in float64 may differ in the last bit:
-the order of additions is another).
+whole-array numpy expressions they stand for, except that a float64 sum over the first axis
+may differ in its last bit (the additions are grouped by block), so a row whose share of a
+weight's magnitude is exactly at a pruning threshold may fall on the other side of it.
 """
 
 from __future__ import annotations

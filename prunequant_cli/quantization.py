@@ -87,6 +87,7 @@ def quantize(
     added, within [-qmax - 1, qmax]."""
     m = qmax(bits)
     low = -m if zero_point is None else -m - 1
+    w, scale = np.asarray(w), np.asarray(scale)
     codes = np.empty(np.broadcast_shapes(w.shape, scale.shape), dtype=np.int8)
     if codes.shape != w.shape or codes.ndim == 0:  # a scale that broadcasts w: whole
         blocks: list[slice | tuple[()]] = [()]
@@ -96,7 +97,7 @@ def quantize(
     for rows in blocks:
         part = w[rows]
         if buffer is None:
-            buffer = np.empty(part.shape, dtype=np.float32)
+            buffer = np.empty(codes.shape if rows == () else part.shape, dtype=np.float32)
         q = buffer[: part.shape[0]] if rows != () else buffer
         np.divide(part, _rows(scale, rows, w), out=q, dtype=np.float32)
         np.rint(q, out=q)

@@ -341,4 +341,5 @@ assert str(ir.SymbolicDim("N") + 1) == "N + 1" and "sympy.core" in sys.modules
         r = subprocess.run(command + ["--json"] * (not loads_rich), capture_output=True, text=True)
         assert r.returncode == 0 and (tmp_path / out).exists(), r.stderr[-2000:]
         imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()]
-        assert ("rich.console" in imported) == loads_rich, f"{out}: rich {loads_rich}"
+        rich = [m for m in imported if m == "rich" or m.startswith("rich.")]
+        assert bool(rich) == loads_rich and ("rich.table" in rich) == loads_rich, (out, rich)

@@ -290,6 +290,10 @@ def test_block_by_block_statistics_equal_the_whole_array_expressions(shape, axis
     a_scale = asymmetric_scale(w, axis, 4)
     q = np.rint(np.divide(w, a_scale, dtype=np.float32)) + zp
     np.testing.assert_array_equal(quantize(w, a_scale, 4, zp), np.clip(q, -8, 7).astype(np.int8))
+    # a scale that broadcasts the weight to a larger shape, and a plain number
+    assert quantize(w[0], scale, 8).shape == np.broadcast(w[0], scale).shape
+    assert quantize(np.float32(0.7), np.full(3, 0.1, np.float32), 8).tolist() == [7, 7, 7]
+    np.testing.assert_array_equal(quantize(w, 0.01, 8), quantize(w, np.float32(0.01), 8))
     w.reshape(-1)[7] = np.nan
     assert np.isnan(arrays.channel_abs(w, axis, "max")).any()
     assert arrays.zero_count(w) == w.size - np.count_nonzero(w)
