@@ -360,9 +360,11 @@ def test_confirmation_checks_the_front_of_size_and_damage_from_the_edge_inwards(
 
 def test_without_a_confirming_fold_the_metric_is_stressed_more(tmp_path):
     """Fewer than 2 × MIN_FOLD calibration samples: no fold checks the search's choice on
-    samples it was not made on, so the metric must hold on a larger output change."""
+    samples it was not made on, so the metric must hold on a larger output change; larger
+    still below MIN_FOLD."""
     from prunequant_cli.evaluate import (
         METRIC_STRESS,
+        METRIC_STRESS_FEW,
         METRIC_STRESS_UNCONFIRMED,
         MIN_FOLD,
         Comparison,
@@ -372,7 +374,7 @@ def test_without_a_confirming_fold_the_metric_is_stressed_more(tmp_path):
     data = np.load(SAMPLES / "digits_cnn.npz")
     model = load_model(SAMPLES / "digits_cnn.onnx").model
     stresses = []
-    for n in (2 * MIN_FOLD - 1, 2 * MIN_FOLD):
+    for n in (MIN_FOLD - 1, MIN_FOLD, 2 * MIN_FOLD - 1, 2 * MIN_FOLD):
         cal = tmp_path / f"cal{n}.npz"
         np.savez(cal, input=data["input"][:n], labels=data["labels"][:n])
         config = EvalConfig(data=SAMPLES / "digits_cnn.npz", calibration_data=cal)
@@ -380,8 +382,13 @@ def test_without_a_confirming_fold_the_metric_is_stressed_more(tmp_path):
         folds = comparison.calibration_folds()
         reference = [[comparison.session.run(None, b)[0]] for b in folds[0][0]]
         stresses.append((len(folds), comparison.judge_for(reference, folds[0][1]).stress))
-    assert stresses == [(1, METRIC_STRESS_UNCONFIRMED), (2, METRIC_STRESS)]
-    assert METRIC_STRESS_UNCONFIRMED > METRIC_STRESS
+    assert stresses == [
+        (1, METRIC_STRESS_FEW),
+        (1, METRIC_STRESS_UNCONFIRMED),
+        (1, METRIC_STRESS_UNCONFIRMED),
+        (2, METRIC_STRESS),
+    ]
+    assert METRIC_STRESS_FEW > METRIC_STRESS_UNCONFIRMED > METRIC_STRESS
 
 
 def test_when_nothing_confirms_the_search_backs_off_along_its_path():
