@@ -438,14 +438,18 @@ class Judge:
         agreements: dict[str, tuple[int, int]] = {}
         at_risk: dict[str, np.ndarray] = {}
         ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        changed = self._sample_flags(reference) if self.count_changed else None
         for i, name in enumerate(self.outputs):
             a = [np.asarray(b[i]) for b in reference]
             c = [np.asarray(b[i]) for b in candidate]
             kind = self.kinds.get(name, OutputKind(TENSOR))
             m = _numeric(name, a, c, detailed)
-            if kind.kind == CLASS and m is not None:
+            if kind.kind == CLASS:
                 pa = [_class_ids(t, kind) for t in a]
                 pc = [_class_ids(t, kind) for t in c]
+                if changed is not None:
+                    _mark_changed(changed, a, c, pa, pc)
+            if kind.kind == CLASS and m is not None:
                 flat_a, flat_c = _flat(pa), _flat(pc)
                 # Position by position only where every batch has the original's shape (a
                 # decoder that stops at another step gives another sequence length).
@@ -461,8 +465,8 @@ class Judge:
                         m.top5_agreement = _top5(a, c, kind.axis)
             metrics.append(m if m is not None else OutputMetrics(name))
         q = Quality(metrics, self.kinds, samples, label_output=self.label_output)
-        if self.count_changed:
-            q.changed_samples = self._changed_samples(reference, candidate)
+        if changed is not None:
+            q.changed_samples = sum(int(np.count_nonzero(f)) for f in changed)
         q.at_risk_total = sum(int(np.count_nonzero(m)) for m in at_risk.values())
         key = self.label_output if self.label_output in agreements else None
         if key is None and agreements:
@@ -488,40 +492,13 @@ class Judge:
             q.metric_drop_spread = self._spread(reference, candidate, q)
         return q
 
-    def _changed_samples(self, reference: Batches, candidate: Batches) -> int:
-        """How many samples have a class prediction that changed: a position whose top-1
-        differs, or a class output of another shape (a decoder that stopped at another
-        step, a detector that kept another number of boxes: every sample of that batch
-        counts, which ones changed is not known). A class output's first axis is taken as
-        its samples' when it has the batch's size, else any change counts for the whole
-        batch (exact at one sample per batch, which a search with a metric and fewer than
-        16 calibration samples runs in when the model's batch is free)."""
+    def _sample_flags(self, reference: Batches) -> list[np.ndarray]:
+        """One flag per sample of each batch (Judge.units, else the batches' sizes), for
+        the samples whose class predictions changed (_mark_changed)."""
         units = list(self.units or [])
         if len(units) != len(reference):
             units = [_samples(b) for b in reference]
-        changed = 0
-        for k, ra, ca in zip(units, reference, candidate, strict=True):
-            if not k:
-                continue
-            moved = np.zeros(k, dtype=bool)
-            for i, name in enumerate(self.outputs):
-                kind = self.kinds.get(name, OutputKind(TENSOR))
-                if kind.kind != CLASS:
-                    continue
-                a, c = np.asarray(ra[i]), np.asarray(ca[i])
-                if a.shape != c.shape:
-                    moved[:] = True
-                    continue
-                ia, ic = _class_ids(a, kind), _class_ids(c, kind)
-                if ia is None or ic is None:
-                    continue
-                diff = ia != ic
-                if diff.ndim and diff.shape[0] == k:
-                    moved |= diff.reshape(k, -1).any(axis=1)
-                elif diff.any():
-                    moved[:] = True
-            changed += int(np.count_nonzero(moved))
-        return changed
+        return [np.zeros(k, dtype=bool) for k in units]
 
     def _spread(self, reference: Batches, candidate: Batches, q: Quality) -> float | None:
         """The sampling noise of the metric drop on these n samples, or (with ``unseen``) of
@@ -938,6 +915,34 @@ def _near_flip_drop(q: Quality) -> float:
     if q.agreement_counts is None or q.agreement_counts[1] != q.samples:
         return -math.inf
     return share * abs(q.metric_original)
+
+
+def _mark_changed(
+    moved: list[np.ndarray],
+    a: list[np.ndarray],
+    c: list[np.ndarray],
+    pa: list[np.ndarray | None],
+    pc: list[np.ndarray | None],
+) -> None:
+    """Flag, per batch, the samples whose predictions in this class output changed: a
+    position whose top-1 differs, or an output of another shape (a decoder that stopped at
+    another step, a detector that kept another number of boxes: every sample of that batch,
+    which ones changed is not known). The ids' first axis is taken as the samples' when it
+    has the batch's size, else any change flags the whole batch (exact at one sample per
+    batch, which a search with a metric and fewer than 16 calibration samples runs in when
+    the model's batch is free)."""
+    for flags, ta, tc, ia, ic in zip(moved, a, c, pa, pc, strict=True):
+        k = flags.shape[0]
+        if not k:
+            continue
+        if ta.shape != tc.shape:
+            flags[:] = True
+        elif ia is not None and ic is not None:
+            diff = ia != ic
+            if diff.ndim and diff.shape[0] == k:
+                flags |= diff.reshape(k, -1).any(axis=1)
+            elif diff.any():
+                flags[:] = True
 
 
 def _changed_drop(q: Quality) -> float:
